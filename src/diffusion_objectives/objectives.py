@@ -1,0 +1,181 @@
+r"""Objectives = (weighting, schedule, parameterization), and the published objectives as presets.
+
+The weighting says *what* is optimised, the schedule only how it is estimated (variance), the
+parameterization what the network outputs (KG23 §2–3). Every published preset also carries its
+*published form*, the (sampling density, per-sample loss weight, prediction target) triple of the
+paper it comes from; its weighting is w = 2·p·c·k of that triple (FRAMEWORK §3), and the tests check that
+each preset's weighting equals that derivation with the same constant.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+
+from . import parameterizations, schedules, weightings
+from .loss import WeightedLoss
+from .parameterizations import Parameterization
+from .registry import Registry
+from .schedules import Schedule
+from .weightings import Weighting
+
+__all__ = ["Objective", "PublishedForm", "from_published", "REGISTRY", "get", "names"]
+
+_INF = math.inf
+
+
+@dataclass(frozen=True)
+class PublishedForm:
+    """A loss as published: E_{t~π}[c · ‖ŷ − y‖²], with π given as a schedule's λ-density, c as a
+    callable of λ (``None`` means c ≡ 1) and y as a parameterization."""
+
+    density: Schedule
+    loss_weight: Callable[[Tensor], Tensor] | None
+    parameterization: Parameterization
+    citation: str = ""
+
+    def weighting(self) -> Weighting:
+        """w(λ) = 2 p_π(λ) c(λ) k(λ) (FRAMEWORK §3)."""
+        return weightings.from_published(self.density, self.loss_weight, self.parameterization)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A diffusion training objective. ``published`` is set for presets converted from a paper."""
+
+    weighting: Weighting
+    schedule: Schedule
+    parameterization: Parameterization
+    name: str = "custom"
+    published: PublishedForm | None = None
+
+    def is_monotonic(self) -> bool:
+        """Whether w is non-increasing on the schedule's [λ_min, λ_max] (a likelihood objective, KG23 §4)."""
+        return self.weighting.is_monotonic(self.schedule.logsnr_min, self.schedule.logsnr_max)
+
+    def loss(self, *, stratified: bool = False) -> WeightedLoss:
+        return WeightedLoss(self.weighting, self.schedule, self.parameterization, stratified=stratified)
+
+    def with_schedule(self, schedule: Schedule) -> Objective:
+        """The same objective estimated with another sampling density (e.g. the adaptive schedule)."""
+        return replace(self, schedule=schedule)
+
+
+def from_published(density: Schedule, loss_weight: Callable[[Tensor], Tensor] | None,
+                   parameterization: Parameterization, schedule: Schedule | None = None,
+                   name: str = "custom") -> Objective:
+    """Convert a published loss E_{t~π}[c ‖ŷ − y‖²] to an :class:`Objective` via w = 2·p_π·c·k.
+
+    ``density`` is π as a schedule (endpoints may be infinite where π is normalisable), ``loss_weight``
+    c(λ) (compose with ``density.t`` or :func:`~diffusion_objectives.process.sigma_ve` to write it in the
+    paper's variable), ``parameterization`` the target y. ``schedule`` is the sampling density used for
+    training (default: π itself truncated to ±15)."""
+    form = PublishedForm(density, loss_weight, parameterization)
+    if schedule is None:
+        schedule = density.with_endpoints(max(density.logsnr_min, schedules.LOGSNR_MIN),
+                                          min(density.logsnr_max, schedules.LOGSNR_MAX))
+    return Objective(form.weighting(), schedule, parameterization, name=name, published=form)
+
+
+# ---- presets ---------------------------------------------------------------------------------------
+
+REGISTRY: Registry[Objective] = Registry("objective")
+
+
+def _cosine_untruncated() -> Schedule:
+    return schedules.Cosine(-_INF, _INF)
+
+
+@REGISTRY.register("elbo", "ELBO (VDM21): w ≡ 1, ε-prediction, uniform λ")
+def _elbo() -> Objective:
+    density = schedules.LinearLogSNR()
+    # VDM: ½ E_t[−λ'(t) ‖ε̂ − ε‖²], i.e. c = −½ dλ/dt = 1/(2 p(λ)).
+    form = PublishedForm(density, lambda lam: 0.5 / density.density(lam), parameterizations.Eps(), "VDM21 Eq. 17")
+    return Objective(weightings.Elbo(), density, parameterizations.Eps(), "elbo", form)
+
+
+@REGISTRY.register("ddpm", "DDPM L_simple: ε-loss, linear β")
+def _ddpm() -> Objective:
+    form = PublishedForm(schedules.DDPMLinear(schedules.DDPMLinear.natural_logsnr_min(), _INF), None,
+                         parameterizations.Eps(), "Ho et al. 2020, L_simple")
+    return Objective(weightings.DDPM(), schedules.DDPMLinear(form.density.logsnr_min, schedules.LOGSNR_MAX),
+                     parameterizations.Eps(), "ddpm", form)
+
+
+@REGISTRY.register("iddpm", "IDDPM: ε-loss with the cosine schedule")
+def _iddpm() -> Objective:
+    form = PublishedForm(_cosine_untruncated(), None, parameterizations.Eps(), "Nichol & Dhariwal 2021")
+    return Objective(weightings.EpsCosine(), schedules.Cosine(), parameterizations.Eps(), "iddpm", form)
+
+
+@REGISTRY.register("v-cosine", "v-prediction with the cosine schedule")
+def _v_cosine() -> Objective:
+    form = PublishedForm(_cosine_untruncated(), None, parameterizations.V(), "Salimans & Ho 2022")
+    return Objective(weightings.VCosine(), schedules.Cosine(), parameterizations.V(), "v-cosine", form)
+
+
+@REGISTRY.register("edm", "EDM22: F-prediction, log-normal σ, λ(σ) weight")
+def _edm() -> Objective:
+    # EDM22 Eq. 8: E_σ[λ(σ) c_out² ‖F̂ − F‖²] with λ(σ) = 1/c_out²: c ≡ 1 on the F target.
+    form = PublishedForm(schedules.NormalLogSNR(2.4, 2.4, -_INF, _INF), None, parameterizations.EDM(0.5),
+                         "Karras et al. 2022, Eq. 8 and Table 1")
+    return Objective(weightings.EDM(), schedules.get("edm"), parameterizations.EDM(0.5), "edm", form)
+
+
+@REGISTRY.register("flow-matching", "flow matching / rectified flow: velocity target, uniform t")
+def _flow_matching() -> Objective:
+    form = PublishedForm(schedules.Flow(-_INF, _INF), None, parameterizations.Flow(), "Lipman 2023; Liu 2023")
+    return Objective(weightings.FlowWeighting(), schedules.Flow(), parameterizations.Flow(), "flow-matching", form)
+
+
+@REGISTRY.register("sd3", "SD3 rf/lognorm(0, 1): velocity target, logit-normal t")
+def _sd3() -> Objective:
+    form = PublishedForm(schedules.NormalLogSNR(0.0, 2.0, -_INF, _INF), None, parameterizations.Flow(),
+                         "Esser et al. 2024")
+    return Objective(weightings.SD3(), schedules.get("logit-normal"), parameterizations.Flow(), "sd3", form)
+
+
+@REGISTRY.register("min-snr", "Min-SNR-5: ε-loss × min(SNR, 5)/SNR, cosine")
+def _min_snr() -> Objective:
+    gamma = 5.0
+    form = PublishedForm(_cosine_untruncated(), lambda lam: torch.clamp(gamma * torch.exp(-lam), max=1.0),
+                         parameterizations.Eps(), "Hang et al. 2023")
+    return Objective(weightings.MinSNR(gamma), schedules.Cosine(), parameterizations.Eps(), "min-snr", form)
+
+
+@REGISTRY.register("p2", "P2 (γ = 1, k = 1): ε-loss × (k + SNR)^−γ, cosine")
+def _p2() -> Objective:
+    gamma, k = 1.0, 1.0
+    form = PublishedForm(_cosine_untruncated(), lambda lam: (k + torch.exp(lam)) ** -gamma,
+                         parameterizations.Eps(), "Choi et al. 2022")
+    return Objective(weightings.P2(gamma, k), schedules.Cosine(), parameterizations.Eps(), "p2", form)
+
+
+@REGISTRY.register("indi", "InDI: x-prediction on the flow path, uniform t")
+def _indi() -> Objective:
+    form = PublishedForm(schedules.Flow(-_INF, _INF), None, parameterizations.X(), "Delbracio & Milanfar 2023")
+    return Objective(weightings.InDI(), schedules.Flow(), parameterizations.X(), "indi", form)
+
+
+@REGISTRY.register("sigmoid", "KG23: sigmoid(2 − λ) weighting, ε-prediction, cosine schedule")
+def _sigmoid() -> Objective:
+    return Objective(weightings.Sigmoid(2.0), schedules.Cosine(), parameterizations.Eps(), "sigmoid")
+
+
+@REGISTRY.register("edm-monotonic", "KG23: monotone envelope of the EDM weighting, EDM's F and schedule")
+def _edm_monotonic() -> Objective:
+    return Objective(weightings.get("edm-monotonic"), schedules.get("edm"), parameterizations.EDM(0.5),
+                     "edm-monotonic")
+
+
+def get(name: str) -> Objective:
+    """A preset objective by name (see :func:`names`)."""
+    return REGISTRY.get(name)
+
+
+def names() -> list[str]:
+    return REGISTRY.names()
