@@ -302,13 +302,15 @@ class MonotoneEnvelope(Weighting):
     def _w(self, logsnr):
         lam = logsnr.detach().to(torch.float64)
         grid, running, peaks = (v.to(lam.device) for v in (self._grid, self._running_max, self._peaks))
-        idx = torch.searchsorted(grid, lam.contiguous()).clamp(max=len(grid) - 1)
-        plateau = torch.where(lam <= grid[-1], running[idx], torch.zeros_like(lam))
+        idx = torch.searchsorted(grid, lam.contiguous(), right=True)  # grid points strictly above λ
+        plateau = torch.where(idx < len(grid), running[idx.clamp(max=len(grid) - 1)], torch.zeros_like(lam))
         for loc, val in peaks:  # a refined peak between grid points counts for every λ ≤ its location
             plateau = torch.where(lam <= loc, torch.clamp(plateau, min=val), plateau)
         w = self.base(logsnr)
         plateau = plateau.to(logsnr.dtype)
-        return torch.where(w >= plateau, w, plateau)  # not torch.maximum: it halves gradients at ties
+        # Not torch.maximum, which halves gradients at ties; grid values equal to w(λ) up to rounding
+        # must not win either, or w' would vanish where w is already decreasing.
+        return torch.where(plateau > w * (1 + 1e-9), plateau, w)
 
     def params(self):
         return {"base": self.base.name, **self.base.params()}
