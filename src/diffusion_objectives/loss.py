@@ -67,7 +67,7 @@ class WeightedLoss:
         out = model(z, logsnr) if labels is None else model(z, logsnr, labels)
         target = self.parameterization.target(x, eps, logsnr)
         dtype = torch.promote_types(x.dtype, torch.float32)  # reduce bf16 outputs in float32
-        sq = (out.to(dtype) - target.to(dtype)).square().flatten(1).sum(1)
+        sq = (out.to(dtype) - target.to(dtype)).square().reshape(x.shape[0], -1).sum(1)
         lam = logsnr.to(dtype)
         eps_mse = sq / self.parameterization.loss_factor(lam)
         w = self.weighting(lam)

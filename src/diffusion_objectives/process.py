@@ -18,7 +18,7 @@ def expand_like(v: Tensor, x: Tensor) -> Tensor:
 
 
 def alpha_sigma(logsnr: Tensor) -> tuple[Tensor, Tensor]:
-    r""":math:`(\alpha, \sigma) = (\sqrt{\mathrm{sigmoid}(\lambda)}, \sqrt{\mathrm{sigmoid}(-\lambda)})`, stable for any λ."""
+    r"""(α, σ) = (√sigmoid(λ), √sigmoid(−λ)), stable for any λ."""
     return torch.sigmoid(logsnr).sqrt(), torch.sigmoid(-logsnr).sqrt()
 
 

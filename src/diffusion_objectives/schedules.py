@@ -54,6 +54,11 @@ def stratified_uniform(n: int, generator: torch.Generator | None = None, *, stra
     return torch.rand(n, generator=generator, dtype=torch.float64, device=device)
 
 
+def _ndtr(x: Tensor) -> Tensor:
+    """Standard normal CDF via erfc: accurate in the lower tail (torch.special.ndtr loses ~7 digits there)."""
+    return 0.5 * torch.special.erfc(-x / math.sqrt(2.0))
+
+
 class Schedule:
     """Base class. Subclasses implement the base map ``_g``, its derivative ``_dg`` and inverse ``_g_inv``
     (all on float64 tensors, on the *unshifted* λ axis)."""
@@ -96,8 +101,10 @@ class Schedule:
     def logsnr(self, t: Tensor) -> Tensor:
         """λ(t), strictly decreasing, λ(0) = logsnr_max and λ(1) = logsnr_min."""
         g = self._g_at_max + t.to(torch.float64) * self._norm
-        lam = self._g_inv(g) + self.shift
-        return lam.clamp(self.logsnr_min, self.logsnr_max).to(t.dtype)
+        lam = (self._g_inv(g) + self.shift).clamp(self.logsnr_min, self.logsnr_max)
+        # the endpoints exactly, although g's rounding in the tails cannot resolve them
+        lam = torch.where(t >= 1, self.logsnr_min, torch.where(t <= 0, self.logsnr_max, lam))
+        return lam.to(t.dtype)
 
     def density(self, logsnr: Tensor) -> Tensor:
         """p(λ) = −dt/dλ, a probability density on [logsnr_min, logsnr_max] (zero outside)."""
@@ -173,17 +180,27 @@ class NormalLogSNR(Schedule):
         if not std > 0:
             raise ValueError(f"std must be positive, got {std}")
         self.mean, self.std = float(mean), float(std)
+        # Work with whichever Gaussian tail is small on the interval, so that t and λ(t) keep full
+        # precision even far out in a tail: g = Φ((mean − λ)/std) above the mean, g = −Φ((λ − mean)/std)
+        # below it (both decreasing; only differences of g enter t).
+        lo, hi = float(logsnr_min) - float(shift), float(logsnr_max) - float(shift)
+        mid = 0.0 if not (math.isfinite(lo) and math.isfinite(hi)) else 0.5 * (lo + hi)
+        self._upper = mid >= self.mean
         super().__init__(logsnr_min, logsnr_max, shift)
 
     def _g(self, logsnr):
-        return torch.special.ndtr((self.mean - logsnr) / self.std)
+        if self._upper:
+            return _ndtr((self.mean - logsnr) / self.std)
+        return -_ndtr((logsnr - self.mean) / self.std)
 
     def _dg(self, logsnr):
         u = (logsnr - self.mean) / self.std
         return -torch.exp(-0.5 * u * u) / (self.std * math.sqrt(2 * math.pi))
 
     def _g_inv(self, g):
-        return self.mean - self.std * torch.special.ndtri(g.clamp(1e-300, 1.0))
+        if self._upper:
+            return self.mean - self.std * torch.special.ndtri(g.clamp(1e-300, 1.0))
+        return self.mean + self.std * torch.special.ndtri((-g).clamp(1e-300, 1.0))
 
     def params(self):
         return {"mean": self.mean, "std": self.std, **super().params()}
@@ -207,7 +224,8 @@ class Flow(Schedule):
 
 class DDPMLinear(Schedule):
     r"""Continuous limit of DDPM's linear β (1e−4 → 0.02, T = 1000):
-    :math:`\sigma^2/\alpha^2 = \mathrm{expm1}(0.1 t + 9.95 t^2)`, i.e. :math:`\lambda(t) = -\log\mathrm{expm1}(0.1t + 9.95t^2)`.
+    :math:`\sigma^2/\alpha^2 = \mathrm{expm1}(0.1 t + 9.95 t^2)`,
+    i.e. :math:`\lambda(t) = -\log\mathrm{expm1}(0.1t + 9.95t^2)`.
 
     Inverse: :math:`t = (-0.1 + \sqrt{0.01 + 39.8\,\mathrm{softplus}(-\lambda)})/19.9`. Its natural range is
     t ∈ [0, 1], i.e. λ ≥ −log expm1(10.05) ≈ −10.05; wider endpoints continue the quadratic."""

@@ -103,7 +103,7 @@ class Elbo(Weighting):
     name, formula = "elbo", "w = 1"
 
     def _w(self, logsnr):
-        return torch.ones_like(logsnr)
+        return 1.0 + 0.0 * logsnr  # keeps the autograd graph (w' = 0) for derivative-based tools
 
 
 class Sigmoid(Weighting):

@@ -52,15 +52,15 @@ def resolve(spec: str, schedule_spec: str = "cosine", logsnr_min: float = -15.0,
             logsnr_max: float = 15.0) -> Resolved:
     name, _, param_text = spec.partition(":")
     params = parse_params(param_text, spec)
-    if name in objectives.REGISTRY and not params:
+    sched_name, _, sched_params = schedule_spec.partition(":")
+    schedule = schedules.get(sched_name, **{"logsnr_min": logsnr_min, "logsnr_max": logsnr_max,
+                                             **parse_params(sched_params, "--schedule")})
+    if name in objectives.REGISTRY and not params:  # a preset brings its own schedule
         obj = objectives.get(name)
         return Resolved(name, obj.weighting, obj.schedule, obj)
     if name not in weightings.REGISTRY:
         known = sorted(set(weightings.names()) | set(objectives.names()))
         raise OptionError(f"unknown weighting or objective {name!r}; choose from: {', '.join(known)}")
-    sched_name, _, sched_params = schedule_spec.partition(":")
-    schedule = schedules.get(sched_name, **{"logsnr_min": logsnr_min, "logsnr_max": logsnr_max,
-                                             **parse_params(sched_params, "--schedule")})
     return Resolved(spec, weightings.get(name, **params), schedule, None)
 
 
