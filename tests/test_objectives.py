@@ -183,3 +183,20 @@ def test_with_schedule_keeps_objective():
     obj = objectives.get("sigmoid")
     adaptive = obj.with_schedule(AdaptiveSchedule())
     assert adaptive.weighting is obj.weighting and isinstance(adaptive.schedule, AdaptiveSchedule)
+
+
+def test_v_prediction_with_shifted_cosine_monotone_iff_shift_below_threshold():
+    # w ∝ sech((λ − s)/2)(1 + e^{−λ}), so d log w/dλ = −½ tanh((λ − s)/2) − 1/(1 + e^{λ}); w is monotone iff
+    # the maximum of that over λ is ≤ 0, i.e. iff s ≤ s*, the root of that maximum as a function of s.
+    from scipy import optimize
+
+    def max_dlogw(s):
+        return -optimize.minimize_scalar(lambda l: 0.5 * math.tanh((l - s) / 2) + 1 / (1 + math.exp(l)),
+                                         bounds=(-30, 30), method="bounded", options={"xatol": 1e-12}).fun
+
+    s_star = optimize.brentq(max_dlogw, 0.5, 5.0, xtol=1e-10)
+    assert s_star == pytest.approx(2.197, abs=1e-3)  # FRAMEWORK §5 (derived)
+    for s, mono in ((s_star - 0.05, True), (s_star + 0.05, False)):
+        obj = objectives.from_published(schedules.Cosine(-math.inf, math.inf, shift=s), None,
+                                        parameterizations.get("v"))
+        assert obj.weighting.is_monotonic(-30, 30) is mono
