@@ -10,11 +10,12 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import OptionError
+from . import train as _train
 from . import weightings as _weightings
 
 __all__ = ["main", "build_parser"]
 
-COMMANDS = [_weightings]
+COMMANDS = [_weightings, _train]
 
 
 class _Parser(argparse.ArgumentParser):
