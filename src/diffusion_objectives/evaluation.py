@@ -1,0 +1,303 @@
+"""Evaluation of a trained model: sampling, sample-quality metrics, bits/dim and the loss estimator's spread.
+
+One protocol, used by ``diffobj sample/elbo/evaluate`` and by the study (``diffobj compare``), so every
+number is produced the same way and carries its provenance (checkpoint, step, sampler, seeds, extractor).
+
+Metrics (``METRICS``):
+
+- ``fd``, ``kid`` (images): Fréchet distance / KID of samples vs the training split, on the features of the
+  dataset's classifier (digits, Fashion-MNIST) or Inception.
+- ``coverage`` (images): classifier accuracy w.r.t. the conditioning labels, class histogram, missing classes.
+- ``toy`` (2-D toy data): exact cross-entropy of samples under the true density, SW₂ and MMD² to fresh data.
+- ``bpd``: −ELBO on the evaluation split, in bits/dim for discrete data (K levels), nats for continuous data.
+- ``loss-std``: relative standard deviation (std/mean) of the per-example training loss of the model's own
+  objective on the evaluation split: the noise of the loss estimator, which the schedule controls (KG23 §5).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import samplers, schedules
+from .elbo import elbo as _elbo
+from .errors import OptionError
+from .registry import Registry
+
+__all__ = ["SampleSettings", "GRIDS", "sampling_grid", "generate", "elbo_summary", "evaluate", "METRICS",
+           "parse_seeds", "default_extractor"]
+
+METRICS = ("fd", "kid", "coverage", "toy", "bpd", "loss-std")
+
+GRIDS: Registry[Callable[[int], Tensor]] = Registry("sampling grid")
+GRIDS.add("edm", lambda: samplers.grid_edm, "EDM22's ρ = 7 grid, σ from 80 to 0.002")
+GRIDS.add("cosine", lambda: (lambda steps: samplers.grid_uniform_t(schedules.get("cosine", logsnr_min=-15,
+                                                                                  logsnr_max=15), steps)),
+          "uniform in t of the cosine schedule on [−15, 15]")
+GRIDS.add("uniform-logsnr", lambda: (lambda steps: samplers.grid_uniform_logsnr(steps, -15.0, 15.0)),
+          "uniform in λ on [−15, 15]")
+
+
+def sampling_grid(name: str, steps: int) -> Tensor:
+    """The increasing λ-grid ``name`` (``edm``, ``cosine``, ``uniform-logsnr``) with ``steps`` points."""
+    return GRIDS.get(name)(steps)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """EDM's seed syntax: ``"0-63"``, ``"1,5,9-11"`` → list of ints (errors name ``--seeds``)."""
+    seeds: list[int] = []
+    for part in filter(None, str(text).split(",")):
+        lo, sep, hi = part.partition("-")
+        try:
+            a = int(lo)
+            b = int(hi) if sep else a
+        except ValueError:
+            raise OptionError(f"--seeds: expected ranges like 0-63 or 1,5,9-11, got {text!r}") from None
+        if b < a or a < 0:
+            raise OptionError(f"--seeds: bad range {part!r} in {text!r}")
+        seeds.extend(range(a, b + 1))
+    if not seeds:
+        raise OptionError(f"--seeds: no seeds in {text!r}")
+    return seeds
+
+
+@dataclass(frozen=True)
+class SampleSettings:
+    """How samples are drawn: sampler name, number of grid points, grid, classifier-free guidance scale,
+    EMA weights or not. ``grid=None`` picks ``edm`` for Heun and DPM-Solver++ and ``cosine`` otherwise."""
+
+    sampler: str = "heun"
+    steps: int = 32
+    grid: str | None = None
+    guidance: float = 0.0
+    ema: bool = True
+
+    def resolved_grid(self) -> str:
+        return self.grid or ("edm" if self.sampler in ("heun", "dpmpp-2m") else "cosine")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "grid": self.resolved_grid()}
+
+
+def _conditional(loaded) -> bool:
+    return bool(getattr(loaded.config.network, "conditional", False)) and getattr(loaded.model, "null_label",
+                                                                                   None) is not None
+
+
+def generate(loaded, seeds: Sequence[int], settings: SampleSettings = SampleSettings(), *,
+             batch_size: int = 256, progress: Callable[[int, int], None] | None = None
+             ) -> tuple[Tensor, Tensor | None]:
+    """Samples for ``seeds`` from a :class:`~diffusion_objectives.training.LoadedModel`.
+
+    Sample i depends only on seed i (its noise and, for stochastic samplers, its own generator), so any
+    batch size gives the same samples. A class-conditional model is conditioned on label ``seed mod C``
+    (balanced classes). Returns (samples ``[n, ...]`` float32, clamped to [−1, 1] for image data, and the
+    labels ``[n]`` or ``None``)."""
+    sample_fn = samplers.get(settings.sampler)
+    grid = sampling_grid(settings.resolved_grid(), settings.steps)
+    data_shape = _data_shape(loaded)
+    conditional = _conditional(loaded)
+    num_classes = int(loaded.model.null_label) if conditional else 0
+    device = next(loaded.model.parameters()).device
+    out, out_labels = [], []
+    seeds = [int(s) for s in seeds]
+    for start in range(0, len(seeds), batch_size):
+        chunk = seeds[start:start + batch_size]
+        gens = samplers.seeded_generators(chunk)
+        noise = samplers.seeded_noise(gens, data_shape).to(device)
+        labels = torch.tensor([s % num_classes for s in chunk], device=device) if conditional else None
+        kwargs: dict[str, Any] = {"labels": labels}
+        if conditional:
+            kwargs.update(guidance=settings.guidance, null_label=num_classes)
+        elif settings.guidance:
+            raise OptionError("--guidance needs a class-conditional model")
+        if settings.sampler == "ancestral":
+            kwargs["generators"] = gens
+        x = sample_fn(loaded.model, loaded.objective.parameterization, noise, grid, **kwargs)
+        out.append(x.float().cpu())
+        if labels is not None:
+            out_labels.append(labels.cpu())
+        if progress is not None:
+            progress(min(start + batch_size, len(seeds)), len(seeds))
+    x = torch.cat(out)
+    if _is_image(loaded):
+        x = x.clamp(-1.0, 1.0)
+    return x, (torch.cat(out_labels) if out_labels else None)
+
+
+def _data_shape(loaded) -> tuple[int, ...]:
+    ds = loaded.dataset(**_small(loaded))
+    return tuple(ds.shape)
+
+
+def _small(loaded) -> dict[str, Any]:
+    """Dataset overrides that keep a shape-only rebuild cheap."""
+    return {"n": 16} if loaded.config.data.name in ("ring", "grid", "anisotropic") else {}
+
+
+def _is_image(loaded) -> bool:
+    return loaded.config.data.name not in ("ring", "grid", "anisotropic")
+
+
+def default_extractor(dataset_name: str) -> str:
+    """The feature extractor used for FD/KID on ``dataset_name``: the project's classifier where one
+    exists, Inception otherwise."""
+    return {"digits": "classifier-digits", "fashion-mnist": "classifier-fashion-mnist"}.get(dataset_name,
+                                                                                             "inception")
+
+
+def elbo_summary(loaded, x: Tensor, levels: int | None, *, samples: int = 32, seed: int = 0,
+                 labels: Tensor | None = None, batch_size: int = 4096) -> tuple[dict[str, Any], Any]:
+    """The −ELBO of ``x`` under ``loaded`` with the library's :func:`~diffusion_objectives.elbo`, reduced
+    to means with standard errors (bits/dim for discrete data, nats for continuous), and the raw result."""
+    labels = labels if _conditional(loaded) else None
+    gen = torch.Generator().manual_seed(seed)
+    res = _elbo(loaded.model, loaded.objective.parameterization, x, levels, samples=samples, generator=gen,
+                batch_size=batch_size, labels=labels)
+    n = x.shape[0]
+    scale = 1.0 / (res.dims * math.log(2.0)) if levels is not None else 1.0
+    unit = "bits/dim" if levels is not None else "nats"
+
+    def mean_se(v: Tensor, se: Tensor) -> tuple[float, float]:
+        # spread over examples plus the Monte-Carlo error within each example
+        between = float(v.std()) / math.sqrt(n) if n > 1 else 0.0
+        within = float(torch.sqrt((se**2).sum())) / n
+        return float(v.mean()) * scale, math.hypot(between, within) * scale
+
+    total, total_se = mean_se(res.total, res.total_se)
+    summary = {
+        "unit": unit, "value": total, "se": total_se, "n_examples": n, "levels": levels,
+        "prior": mean_se(res.prior, res.prior_se)[0], "reconstruction": mean_se(res.reconstruction,
+                                                                                res.reconstruction_se)[0],
+        "diffusion": mean_se(res.diffusion, res.diffusion_se)[0], "nfe_per_example": res.nfe,
+        "per_logsnr_bin": {"edges": res.bin_edges.tolist(),
+                           "diffusion": (res.diffusion_bins.mean(0) * scale).tolist()},
+        "seed": seed,
+    }
+    return summary, res
+
+
+def _loss_std(loaded, x: Tensor, labels: Tensor | None, seed: int) -> dict[str, Any]:
+    loss = loaded.objective.loss()
+    gen = torch.Generator().manual_seed(seed)
+    model = loaded.model
+    with torch.no_grad():
+        if labels is not None and _conditional(loaded):
+            vals = loss(model, x, gen, labels=labels).loss
+        else:
+            vals = loss(model, x, gen).loss
+    vals = vals.double()
+    return {"relative_std": float(vals.std() / vals.mean()), "mean": float(vals.mean()),
+            "n_examples": int(vals.numel()), "seed": seed}
+
+
+def evaluate(loaded, metrics: Sequence[str] = ("fd", "kid", "bpd"), *, n: int = 1000,
+             seeds: Sequence[int] | None = None, settings: SampleSettings = SampleSettings(),
+             split: str = "test", n_elbo: int = 256, elbo_samples: int = 32, extractor: str | None = None,
+             reference=None, batch_size: int = 256, samples: Tensor | None = None,
+             sample_labels: Tensor | None = None, progress: Callable[[str], None] | None = None
+             ) -> dict[str, Any]:
+    """Evaluate ``loaded`` on ``metrics`` and return a JSON-able dict with the provenance of every number.
+
+    ``n`` samples with ``seeds`` (default 0 … n−1) are drawn with ``settings`` unless ``samples`` are
+    given; ``split`` is the dataset split for bits/dim and the loss spread (``n_elbo`` examples,
+    ``elbo_samples`` λ-draws each); FD/KID compare with the training split (or ``reference``, an .npz of
+    ``mu``/``sigma``) on ``extractor`` features (default :func:`default_extractor`)."""
+    from . import metrics as M
+
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise OptionError(f"unknown metric(s) {', '.join(unknown)}; choose from: {', '.join(METRICS)}")
+    image = _is_image(loaded)
+    for m in metrics:
+        if image and m == "toy":
+            raise OptionError("metric 'toy' is for 2-D toy data; use fd, kid or coverage for images")
+        if not image and m in ("fd", "kid", "coverage"):
+            raise OptionError(f"metric {m!r} is for image data; use 'toy' for 2-D toy data")
+    say = progress or (lambda msg: None)
+    seeds = list(range(n)) if seeds is None else [int(s) for s in seeds]
+    result: dict[str, Any] = {
+        "checkpoint": str(loaded.checkpoint_dir), "step": loaded.step, "images_seen": loaded.images_seen,
+        "objective": loaded.config.loss.objective, "dataset": loaded.config.data.name,
+        "ema": loaded.ema, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__, "metrics": {},
+    }
+    needs_samples = any(m in metrics for m in ("fd", "kid", "coverage", "toy"))
+    if needs_samples:
+        if samples is None:
+            say(f"sampling {len(seeds)} with {settings.sampler}, {settings.steps} steps")
+            samples, sample_labels = generate(loaded, seeds, settings, batch_size=batch_size)
+        result["sampling"] = {**settings.as_dict(), "n": int(samples.shape[0]),
+                              "seeds": M.results.format_seeds(seeds[: samples.shape[0]])}
+    train = loaded.dataset(split="train") if needs_samples else None
+    if image and needs_samples:
+        levels = train.levels
+        if levels is not None:  # samples are written as K-level images: measure those
+            from .data import dequantize, quantize
+            samples = dequantize(quantize(samples, levels), levels).float()
+    if any(m in metrics for m in ("fd", "kid", "coverage")):
+        name = extractor or default_extractor(loaded.config.data.name)
+        ext = M.get_extractor(name)
+        say(f"features ({ext.name})")
+        feats = ext(samples)
+        if "fd" in metrics or "kid" in metrics:
+            if reference is None:
+                ref_feats = ext(train.data)
+                mu, sigma = M.feature_statistics(ref_feats)
+                ref = M.Reference(mu=mu, sigma=sigma, path=f"<{loaded.config.data.name} train split>",
+                                  checksum="", meta={"extractor": ext.name, "extractor_checksum": ext.checksum,
+                                                     "n_samples": str(ref_feats.shape[0])})
+            else:
+                ref = reference if isinstance(reference, M.Reference) else M.load_reference(reference)
+                ref_feats = None
+            if "fd" in metrics:
+                mu, sigma = M.feature_statistics(feats)
+                value = M.frechet_distance(mu, sigma, ref.mu, ref.sigma)
+                result["metrics"]["fd"] = M.fd_result(value, n_samples=feats.shape[0], extractor=ext,
+                                                      reference=ref, seeds=seeds[: feats.shape[0]]).as_dict()
+            if "kid" in metrics:
+                if ref_feats is None:
+                    raise OptionError("metric 'kid' needs reference features, not only statistics: "
+                                      "leave the reference unset")
+                k = M.kid(feats, ref_feats, subset_size=min(1000, feats.shape[0], ref_feats.shape[0]))
+                result["metrics"]["kid"] = {"mean": k.mean, "std": k.std, "extractor": ext.name,
+                                            "extractor_checksum": ext.checksum, "n_samples": int(feats.shape[0])}
+        if "coverage" in metrics:
+            if not isinstance(ext, M.ClassifierExtractor):
+                raise OptionError("metric 'coverage' needs a classifier extractor (digits or fashion-mnist)")
+            result["metrics"]["coverage"] = M.class_coverage(samples, ext, labels=sample_labels).as_dict()
+    if "toy" in metrics:
+        mixture = loaded.dataset(**_small(loaded)).mixture
+        result["metrics"]["toy"] = M.toy_metrics(samples, mixture, seed=10_000 + seeds[0]).as_dict()
+    if "bpd" in metrics or "loss-std" in metrics:
+        held_out = loaded.dataset(split=split)
+        g = torch.Generator().manual_seed(0)
+        idx = torch.randperm(len(held_out), generator=g)[: min(n_elbo, len(held_out))]
+        x = held_out.data[idx]
+        labels = held_out.labels[idx] if held_out.labels is not None else None
+        if "bpd" in metrics:
+            say(f"ELBO on {len(idx)} {split} examples")
+            summary, _ = elbo_summary(loaded, x, held_out.levels, samples=elbo_samples, labels=labels)
+            result["metrics"]["bpd"] = {**summary, "split": split}
+        if "loss-std" in metrics:
+            result["metrics"]["loss-std"] = {**_loss_std(loaded, x, labels, seed=1), "split": split}
+    return _jsonable(result)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

@@ -1,0 +1,334 @@
+"""The study report: ``results.json`` (every run and the per-objective summary) and ``report.md`` with a
+table of mean ± standard error over seeds, the plots, the protocol and the machine time.
+
+``report.md`` is generated from the same summary dict that is written to ``results.json``, so the two
+always agree (a test checks it cell by cell).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["COLUMNS", "extract", "summarise", "write_report", "format_cell"]
+
+# (key, heading, direction): direction −1 means lower is better, +1 higher is better, 0 neither.
+COLUMNS: list[tuple[str, str, int]] = [
+    ("fd", "FD ↓", -1),
+    ("kid", "KID ↓", -1),
+    ("accuracy", "class accuracy ↑", 1),
+    ("cross_entropy", "cross-entropy (nats) ↓", -1),
+    ("sliced_wasserstein", "SW₂ ↓", -1),
+    ("mmd", "MMD² ↓", -1),
+    ("bpd", "−ELBO ↓", -1),
+    ("loss_rel_std", "loss std/mean", 0),
+    ("train_seconds", "train s", 0),
+]
+
+
+def extract(record: dict[str, Any]) -> dict[str, float]:
+    """The scalar metrics of one run's record (missing ones are left out)."""
+    m = record["result"]["metrics"]
+    out: dict[str, float] = {}
+    if "fd" in m:
+        out["fd"] = m["fd"]["value"]
+    if "kid" in m:
+        out["kid"] = m["kid"]["mean"]
+    if "coverage" in m and m["coverage"].get("accuracy") is not None:
+        out["accuracy"] = m["coverage"]["accuracy"]
+    if "toy" in m:
+        for k in ("cross_entropy", "sliced_wasserstein", "mmd"):
+            out[k] = m["toy"][k]
+    if "bpd" in m:
+        out["bpd"] = m["bpd"]["value"]
+    if "loss-std" in m:
+        out["loss_rel_std"] = m["loss-std"]["relative_std"]
+    if record.get("train_seconds") is not None:
+        out["train_seconds"] = float(record["train_seconds"])
+    return {k: float(v) for k, v in out.items() if v is not None}
+
+
+def _mean_se(values: Sequence[float]) -> dict[str, float | int | None]:
+    v = np.asarray(values, dtype=np.float64)
+    se = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else None
+    return {"mean": float(v.mean()), "se": se, "n": int(len(v))}
+
+
+def primary_metric(summary_rows: list[dict[str, Any]]) -> str:
+    """The sample-quality metric the verdict uses: FD for images, the exact cross-entropy for toy data."""
+    keys = set().union(*(r["metrics"].keys() for r in summary_rows)) if summary_rows else set()
+    for key in ("fd", "cross_entropy", "kid", "bpd"):
+        if key in keys:
+            return key
+    raise ValueError("no sample-quality metric in the results")
+
+
+def summarise(entries, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per grid entry: monotone or not, and mean ± SE over seeds of every scalar metric."""
+    rows = []
+    for e in entries:
+        mine = [r for r in records if r["entry"] == e.label]
+        scalars = [extract(r) for r in mine]
+        keys = sorted(set().union(*scalars)) if scalars else []
+        rows.append({
+            "entry": e.label, "objective": e.objective, "adaptive": e.adaptive, "monotone": e.is_monotonic(),
+            "seeds": [r["seed"] for r in mine],
+            "metrics": {k: _mean_se([s[k] for s in scalars if k in s]) for k in keys},
+        })
+    return rows
+
+
+def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """KG23's claim at this scale: is the best monotone weighting competitive with the best non-monotone one
+    on the primary sample-quality metric? Also: does the grid rank objectives above seed noise?"""
+    key = primary_metric(rows)
+    sign = dict((k, d) for k, _, d in COLUMNS).get(key, -1)
+    scored = [r for r in rows if key in r["metrics"]]
+    best = {}
+    for mono in (True, False):
+        group = [r for r in scored if r["monotone"] is mono]
+        if group:
+            best[mono] = min(group, key=lambda r: -sign * r["metrics"][key]["mean"])
+    out: dict[str, Any] = {"metric": key, "lower_is_better": sign < 0}
+    ses = [r["metrics"][key]["se"] for r in scored if r["metrics"][key]["se"] is not None]
+    if True in best and False in best:
+        a, b = best[True]["metrics"][key], best[False]["metrics"][key]
+        se = math.hypot(a["se"] or 0.0, b["se"] or 0.0) if ses else None
+        gap = (b["mean"] - a["mean"]) * (-sign)  # > 0: the monotone one is better
+        out.update(best_monotone=best[True]["entry"], best_non_monotone=best[False]["entry"],
+                   advantage_of_monotone=gap, se=se, z=(gap / se if se else None))
+        if se:
+            z = gap / se
+            out["statement"] = (
+                f"the best monotone weighting ({best[True]['entry']}) is better than the best non-monotone one "
+                f"({best[False]['entry']}) by {z:.1f} standard errors" if z >= 2 else
+                f"the best monotone ({best[True]['entry']}) and non-monotone ({best[False]['entry']}) weightings "
+                f"are within {abs(z):.1f} standard errors: competitive" if z > -2 else
+                f"the best non-monotone weighting ({best[False]['entry']}) is better than the best monotone one "
+                f"({best[True]['entry']}) by {-z:.1f} standard errors")
+        else:
+            out["statement"] = "one seed per objective: no standard errors, no significance statement"
+    if len(scored) >= 2 and ses:
+        ranked = sorted(scored, key=lambda r: -sign * r["metrics"][key]["mean"])
+        first, last = ranked[0]["metrics"][key], ranked[-1]["metrics"][key]
+        spread = abs(first["mean"] - last["mean"]) / math.hypot(first["se"] or 0.0, last["se"] or 0.0)
+        out["best_vs_worst_z"] = spread
+        out["ranking"] = [r["entry"] for r in ranked]
+    return out
+
+
+def format_cell(stat: dict[str, Any] | None) -> str:
+    if stat is None:
+        return "—"
+    m, se = stat["mean"], stat["se"]
+    digits = 4 if abs(m) < 10 else 1
+    return f"{m:.{digits}f} ± {se:.{digits}f}" if se is not None else f"{m:.{digits}f}"
+
+
+def _table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    present = [c for c in COLUMNS if any(c[0] in r["metrics"] for r in rows)]
+    head = ["objective", "monotone", "seeds"] + [h for _, h, _ in present]
+    body = [[r["entry"], "yes" if r["monotone"] else "no", str(len(r["seeds"]))]
+            + [format_cell(r["metrics"].get(k)) for k, _, _ in present] for r in rows]
+    return head, body
+
+
+def _markdown_table(head: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+# ---- plots ---------------------------------------------------------------------------------------------------
+
+def _plots(entries, rows, records, out: Path) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .theory import augmentation_density
+
+    files: dict[str, str] = {}
+    lam = torch.linspace(-15, 15, 1201, dtype=torch.float64)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    for e in entries:
+        if e.adaptive:
+            continue
+        w = e.weighting()(lam)
+        style = "-" if e.is_monotonic() else "--"
+        axes[0].plot(lam, w / w.max(), style, label=e.label)
+        if e.is_monotonic():
+            aug = augmentation_density(e.weighting(), lam, -15, 15)
+            axes[1].plot(lam, aug.density, label=f"{e.label} (+{aug.point_mass:.2g} at λ_max)")
+    axes[0].set(title="weightings w(λ)/max w (dashed: non-monotone)", xlabel="log-SNR λ")
+    axes[1].set(title="implied noise-augmentation densities (monotone only)", xlabel="log-SNR λ")
+    for ax in axes:
+        if ax.lines:
+            ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "weightings.png", dpi=110)
+    plt.close(fig)
+    files["weightings"] = "weightings.png"
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for e in entries:
+        curves = []
+        for r in records:
+            if r["entry"] != e.label:
+                continue
+            stats = Path(r["run_dir"]) / "stats.jsonl"
+            rows_ = [json.loads(line) for line in stats.read_text().splitlines() if line.strip()]
+            curves.append([(s["step"], s["loss"]) for s in rows_ if s.get("loss") is not None])
+        if not curves:
+            continue
+        n = min(len(c) for c in curves)
+        steps = np.array([p[0] for p in curves[0][:n]])
+        loss = np.mean([[p[1] for p in c[:n]] for c in curves], axis=0)
+        final = np.mean(loss[-max(1, n // 10):])
+        ax.plot(steps, loss / final, "-" if e.is_monotonic() else "--", label=e.label)
+    ax.set(yscale="log", xlabel="step", ylabel="training loss / its final value", title="training curves")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "training_curves.png", dpi=110)
+    plt.close(fig)
+    files["training_curves"] = "training_curves.png"
+
+    present = [c for c in COLUMNS if c[0] != "train_seconds" and any(c[0] in r["metrics"] for r in rows)]
+    fig, axes = plt.subplots(len(present), 1, figsize=(9, 2.4 * len(present)), squeeze=False)
+    for ax, (key, head, _) in zip(axes[:, 0], present, strict=True):
+        xs = [i for i, r in enumerate(rows) if key in r["metrics"]]
+        ys = [rows[i]["metrics"][key]["mean"] for i in xs]
+        es = [rows[i]["metrics"][key]["se"] or 0.0 for i in xs]
+        colors = ["tab:blue" if rows[i]["monotone"] else "tab:red" for i in xs]
+        ax.bar(xs, ys, yerr=es, color=colors, capsize=3)
+        ax.set_ylabel(head, fontsize=8)
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels([r["entry"] for r in rows], rotation=35, ha="right", fontsize=7)
+    axes[0, 0].set_title("metrics (mean ± SE over seeds; blue: monotone, red: non-monotone)")
+    fig.tight_layout()
+    fig.savefig(out / "metrics.png", dpi=110)
+    plt.close(fig)
+    files["metrics"] = "metrics.png"
+
+    cols = min(5, len(entries))
+    nrows = math.ceil(len(entries) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(2.6 * cols, 2.6 * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, e in zip(axes.flat, entries, strict=False):
+        mine = [r for r in records if r["entry"] == e.label]
+        path = Path(mine[0]["run_dir"]) / "samples.npz" if mine else None
+        if path is None or not path.is_file():
+            continue
+        x = np.load(path)["samples"]
+        if x.ndim == 2:
+            ax.scatter(x[:, 0], x[:, 1], s=0.5, alpha=0.5)
+            ax.set_xlim(-2, 2)
+            ax.set_ylim(-2, 2)
+        else:
+            from .data import image_grid
+
+            grid = image_grid(torch.from_numpy(x[:36]), 6)
+            ax.imshow(grid[..., 0] if grid.shape[2] == 1 else grid, cmap="gray")
+        ax.set_title(e.label, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "samples.png", dpi=110)
+    plt.close(fig)
+    files["samples"] = "samples.png"
+    return files
+
+
+def _machine() -> dict[str, Any]:
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
+
+
+def write_report(study, entries, records: list[dict[str, Any]], out: str | Path, *,
+                 wall_seconds: float) -> dict[str, Any]:
+    """Write ``results.json``, ``report.md`` and the plots into ``out``; return the results dict."""
+    import datetime as dt
+    from dataclasses import asdict
+
+    out = Path(out)
+    rows = summarise(entries, records)
+    results = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": _machine(), "wall_seconds": wall_seconds,
+        "train_seconds_total": sum(float(r.get("train_seconds") or 0.0) for r in records),
+        "eval_seconds_total": sum(float(r.get("eval_seconds") or 0.0) for r in records),
+        "study": asdict(study), "summary": rows, "verdict": verdict(rows), "runs": records,
+    }
+    results["plots"] = _plots(entries, rows, records, out)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "report.md").write_text(render_markdown(results))
+    return results
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    """``report.md`` from a results dict (the one written to ``results.json``)."""
+    study, rows, v = results["study"], results["summary"], results["verdict"]
+    head, body = _table(rows)
+    p = study["evaluation"]
+    first = results["runs"][0] if results["runs"] else {}
+    steps_per_s = [r["steps_per_s"] for r in results["runs"] if r.get("steps_per_s")]
+    lines = [
+        "# Monotone vs non-monotone weightings (KG23)",
+        "",
+        f"{study.get('description') or ''}".strip(),
+        "",
+        "## Results",
+        "",
+        f"Mean ± standard error over seeds ({', '.join(map(str, study['seeds']))}); ↓ lower is better. "
+        "Monotone weightings are likelihood objectives (ELBOs of noise-augmented data, KG23 §4).",
+        "",
+        _markdown_table(head, body),
+        "",
+        f"**Verdict** on {v['metric']}: {v.get('statement', 'not enough objectives to compare')}.",
+    ]
+    if "best_vs_worst_z" in v:
+        lines += ["", f"Best ({v['ranking'][0]}) vs worst ({v['ranking'][-1]}) objective: "
+                      f"{v['best_vs_worst_z']:.1f} standard errors apart."]
+    lines += [
+        "",
+        "## Plots",
+        "",
+        "![weightings](weightings.png)",
+        "",
+        "![training curves](training_curves.png)",
+        "",
+        "![metrics](metrics.png)",
+        "",
+        "![samples](samples.png)",
+        "",
+        "## Protocol",
+        "",
+        f"- training preset `{study['preset']}` with overrides `{' '.join(study['overrides']) or 'none'}`; "
+        f"{study['steps']} steps of batch {study['batch_size']} for every objective (equal compute); "
+        "same network, data, optimizer and EMA; each objective's own schedule and parameterization "
+        "(`+adaptive`: KG23's adaptive schedule instead).",
+        f"- network: `{first.get('network', 'see the runs config.yaml')}`",
+        f"- evaluation: metrics {', '.join(p['metrics'])}; {p['n']} samples (seeds 0–{p['n'] - 1}) with the "
+        f"`{p['sampler']}` sampler, {p['steps']} grid points; −ELBO on {p['n_elbo']} `{p['split']}` examples "
+        f"with {p['elbo_samples']} λ-draws each (bits/dim for discrete data, nats for continuous data).",
+        f"- seeds: {', '.join(map(str, study['seeds']))}",
+        f"- machine: {results['machine']['platform']}, {results['machine']['cpus']} CPUs, torch "
+        f"{results['machine']['torch']}; {study['jobs']} run(s) at a time × {study['threads']} thread(s)",
+        f"- time: {results['wall_seconds']:.0f} s wall clock for this invocation; "
+        f"{results['train_seconds_total']:.0f} s training and {results['eval_seconds_total']:.0f} s "
+        f"evaluation summed over runs"
+        + (f"; median {float(np.median(steps_per_s)):.1f} training steps/s per run" if steps_per_s else ""),
+        f"- date: {results['date']}",
+        "",
+    ]
+    return "\n".join(lines)

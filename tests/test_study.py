@@ -1,0 +1,104 @@
+"""The study end to end on a tiny grid: runs, reuse on rerun, report and JSON agree cell by cell."""
+
+import json
+import re
+
+import pytest
+
+from diffusion_objectives import study as S
+from diffusion_objectives.errors import OptionError
+from diffusion_objectives.report import _table, format_cell
+
+TINY = ["data.name=anisotropic", "network.params.hidden=32", "network.params.depth=2",
+        "network.params.fourier_features=16", "run.checkpoint_every=0", "run.sample_every=0", "run.log_every=5"]
+
+
+def _tiny_study(**changes):
+    study = S.StudyConfig(preset="toy2d", overrides=list(TINY), steps=30, batch_size=64,
+                          grid=["edm", "sigmoid:bias=-1+adaptive"], seeds=[0, 1],
+                          evaluation=S.EvalProtocol(metrics=["toy", "bpd", "loss-std"], n=64, steps=8,
+                                                    n_elbo=32, elbo_samples=8),
+                          jobs=1, threads=1)
+    return S.replace_fields(study, **changes)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    results = S.run_study(_tiny_study(), out, say=lambda msg: None)
+    return out, results
+
+
+def test_every_cell_filled_and_report_matches_json(finished):
+    out, results = finished
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["summary"] == json.loads(json.dumps(results["summary"]))
+    head, body = _table(on_disk["summary"])
+    report = (out / "report.md").read_text()
+    for row in body:
+        assert "—" not in row
+        assert "| " + " | ".join(row) + " |" in report
+    # each cell is the JSON mean ± SE over the two seeds, recomputed here from the runs
+    for row in on_disk["summary"]:
+        runs = [r for r in on_disk["runs"] if r["entry"] == row["entry"]]
+        ce = [r["result"]["metrics"]["toy"]["cross_entropy"] for r in runs]
+        mean = sum(ce) / 2
+        se = abs(ce[0] - ce[1]) / 2  # std(ddof=1)/√2 for two values
+        assert row["metrics"]["cross_entropy"]["mean"] == pytest.approx(mean)
+        assert row["metrics"]["cross_entropy"]["se"] == pytest.approx(se)
+        assert format_cell(row["metrics"]["cross_entropy"]) in report
+    assert row["monotone"] is True and on_disk["summary"][0]["monotone"] is False
+    for name in ("weightings.png", "training_curves.png", "metrics.png", "samples.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    assert "**Verdict** on cross_entropy" in report and "30 steps of batch 64" in report
+    assert re.search(r"time: \d+ s wall clock", report)
+
+
+def test_rerun_reuses_finished_runs(finished):
+    out, results = finished
+    before = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/eval.json")}
+    again = S.run_study(_tiny_study(), out, say=lambda msg: None)
+    after = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/eval.json")}
+    assert before == after and len(before) == 4
+    assert again["summary"] == results["summary"]
+
+
+def test_changed_evaluation_protocol_re_evaluates_without_retraining(finished):
+    out, _ = finished
+    ckpts = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/checkpoints/latest")}
+    study = _tiny_study(grid=["edm"], seeds=[0])
+    study.evaluation.n = 48
+    res = S.run_study(study, out, say=lambda msg: None)
+    assert res["runs"][0]["result"]["sampling"]["n"] == 48
+    assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/checkpoints/latest")} == ckpts
+
+
+@pytest.mark.parametrize("entry,message", [
+    ("nope", "unknown objective 'nope'"),
+    ("sigmoid+fast", "only suffix is '+adaptive'"),
+    ("sigmoid:bias=x", "KEY=NUMBER"),
+    ("sigmoid:colour=1", "unknown parameter"),
+])
+def test_bad_grid_entries(entry, message):
+    with pytest.raises(OptionError, match=re.escape(message)):
+        S.parse_entry(entry)
+
+
+def test_parse_entry_and_monotonicity():
+    e = S.parse_entry("sigmoid:bias=-2+adaptive")
+    assert e.label == "sigmoid:bias=-2+adaptive" and e.adaptive and e.is_monotonic()
+    assert e.overrides() == ["loss.weighting.bias=-2.0", "loss.adaptive.enabled=true"]
+    assert not S.parse_entry("edm").is_monotonic()
+    assert S.parse_entry("edm-monotonic").is_monotonic()
+
+
+def test_default_study_grid_is_the_papers():
+    study = S.study_preset("default")
+    labels = [S.parse_entry(g).label for g in study.grid]
+    for name in ("elbo", "iddpm", "edm", "v-cosine", "flow-matching", "sigmoid:bias=-2", "sigmoid:bias=0",
+                 "sigmoid:bias=2", "sigmoid:bias=4", "edm-monotonic"):
+        assert name in labels
+    assert any(label.endswith("+adaptive") for label in labels)
+    for preset in S.STUDY_PRESETS:
+        for entry in S.study_preset(preset).grid:
+            S.run_config(S.study_preset(preset), S.parse_entry(entry), 0)  # every config resolves
