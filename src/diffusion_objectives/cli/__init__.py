@@ -10,12 +10,13 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import OptionError
+from . import compare as _compare
 from . import train as _train
 from . import weightings as _weightings
 
 __all__ = ["main", "build_parser"]
 
-COMMANDS = [_weightings, _train]
+COMMANDS = [_weightings, _train, _compare]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,0 +1,361 @@
+"""Checkpoints: one directory per checkpoint, published atomically, verified by a manifest of hashes.
+
+Layout of ``RUN/checkpoints/step-NNNNNNNN/``:
+
+- ``model.safetensors``, ``ema.safetensors``: the raw and EMA weights, with the resolved config (JSON),
+  the step and the format version in the safetensors metadata;
+- ``training_state.pt``: optimizer state, step, images seen, adaptive-schedule state (plain tensors and
+  Python containers: loadable with ``torch.load(weights_only=True)``);
+- ``config.yaml``: the resolved config;
+- ``manifest.json``: format version, step and the size and SHA-256 of every file above, written last.
+
+A checkpoint is written into a temporary directory, every file and the directory are fsynced, and the
+directory is renamed into place; then it is re-read and verified, ``RUN/checkpoints/latest`` (a text
+file naming the directory) is replaced atomically, and only then are old checkpoints removed. A crash
+at any point leaves the previous checkpoint and ``latest`` intact. Randomness needs no state here: it is
+derived from (seed, step) (see :mod:`~diffusion_objectives.training.loop`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import uuid
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from ..errors import OptionError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "CheckpointError",
+    "Checkpoint",
+    "LoadedModel",
+    "checkpoint_name",
+    "save",
+    "verify",
+    "load",
+    "read_latest",
+    "list_checkpoints",
+    "find_resumable",
+    "resolve_path",
+    "load_for_inference",
+]
+
+FORMAT_VERSION = 1
+MODEL_FILE, EMA_FILE, STATE_FILE = "model.safetensors", "ema.safetensors", "training_state.pt"
+CONFIG_FILE, MANIFEST_FILE, LATEST_FILE = "config.yaml", "manifest.json", "latest"
+_STEP_DIR = re.compile(r"^step-(\d{8,})$")
+
+
+class CheckpointError(OptionError):
+    """A checkpoint is missing, partial, corrupt or of an unknown format version."""
+
+
+@dataclass
+class Checkpoint:
+    """A verified checkpoint read into memory (tensors on the CPU)."""
+
+    path: Path
+    step: int
+    model: dict[str, torch.Tensor]
+    ema: dict[str, torch.Tensor]
+    state: dict[str, Any]
+    config: dict[str, Any]
+    manifest: dict[str, Any]
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def _step_of(path: Path) -> int | None:
+    m = _STEP_DIR.match(path.name)
+    return int(m.group(1)) if m else None
+
+
+# ---- durable writes ----------------------------------------------------------------------------------
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # e.g. platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_bytes(path: Path, data: bytes) -> dict[str, Any]:
+    """Write, flush and fsync ``data``; returns its manifest entry (size and SHA-256)."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _sha256_file(path: Path) -> tuple[int, str]:
+    h, n = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+            n += len(block)
+    return n, h.hexdigest()
+
+
+def _weights_bytes(state: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    # clone: safetensors refuses tensors that share storage; contiguous CPU copies are exact.
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
+    return st_save(tensors, metadata=metadata)
+
+
+def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    _write_bytes(path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _write_latest(checkpoints_dir: Path, name: str) -> None:
+    tmp = checkpoints_dir / f".{LATEST_FILE}.{uuid.uuid4().hex}.tmp"
+    _write_bytes(tmp, (name + "\n").encode())
+    os.replace(tmp, checkpoints_dir / LATEST_FILE)
+    _fsync_dir(checkpoints_dir)
+
+
+def save(checkpoints_dir: str | Path, step: int, *, model: Mapping[str, torch.Tensor],
+         ema: Mapping[str, torch.Tensor], state: Mapping[str, Any], config: Mapping[str, Any],
+         keep: int = 2, images_seen: int | None = None) -> Path:
+    """Publish checkpoint ``step`` atomically and return its directory.
+
+    ``model``/``ema`` are state dicts, ``state`` the training state (tensors, numbers, strings, lists,
+    dicts only), ``config`` the resolved config as a plain dict. Afterwards ``latest`` names the new
+    checkpoint and at most ``keep`` checkpoints remain (the newest ones)."""
+    root = Path(checkpoints_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    name = checkpoint_name(step)
+    final = root / name
+    if final.exists():
+        try:
+            verify(final)
+        except CheckpointError:
+            pass  # a broken leftover of the same step: replace it below
+        else:
+            _write_latest(root, name)  # already published (e.g. the final save right after a periodic one)
+            _prune(root, keep, name)
+            return final
+    tmp = root / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        config_json = json.dumps(dict(config), sort_keys=True)
+        meta = {"format_version": str(FORMAT_VERSION), "step": str(step), "config": config_json}
+        files = {
+            MODEL_FILE: _write_bytes(tmp / MODEL_FILE, _weights_bytes(model, meta | {"kind": "model"})),
+            EMA_FILE: _write_bytes(tmp / EMA_FILE, _weights_bytes(ema, meta | {"kind": "ema"})),
+        }
+        buf = io.BytesIO()
+        torch.save({"format_version": FORMAT_VERSION, **state}, buf)
+        files[STATE_FILE] = _write_bytes(tmp / STATE_FILE, buf.getvalue())
+        files[CONFIG_FILE] = _write_bytes(tmp / CONFIG_FILE, yaml.safe_dump(dict(config), sort_keys=False).encode())
+        _write_manifest(tmp / MANIFEST_FILE, {"format_version": FORMAT_VERSION, "step": step,
+                                              "images_seen": images_seen, "files": files})
+        _fsync_dir(tmp)
+        if final.exists():  # broken leftover: move it out of the way, then publish
+            trash = root / f".trash-{name}-{uuid.uuid4().hex[:8]}"
+            os.replace(final, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    verify(final)  # re-read from disk before anything old is touched
+    _write_latest(root, name)
+    _prune(root, keep, name)
+    return final
+
+
+def _prune(root: Path, keep: int, newest: str) -> None:
+    """Keep the ``keep`` highest-step checkpoints (always ``newest``); drop stale temporary dirs."""
+    steps = sorted(list_checkpoints(root), key=lambda p: _step_of(p) or 0, reverse=True)
+    kept = [p for p in steps if p.name == newest] + [p for p in steps if p.name != newest][: max(keep - 1, 0)]
+    for p in steps:
+        if p not in kept:
+            shutil.rmtree(p, ignore_errors=True)
+    for p in root.glob(".tmp-*"):
+        shutil.rmtree(p, ignore_errors=True)
+    for p in root.glob(f".{LATEST_FILE}.*.tmp"):
+        p.unlink(missing_ok=True)
+
+
+# ---- reading -------------------------------------------------------------------------------------------
+
+def list_checkpoints(checkpoints_dir: str | Path) -> list[Path]:
+    """Checkpoint directories (complete or not) sorted by step, oldest first."""
+    root = Path(checkpoints_dir)
+    if not root.is_dir():
+        return []
+    dirs = [p for p in root.iterdir() if p.is_dir() and _step_of(p) is not None]
+    return sorted(dirs, key=lambda p: _step_of(p) or 0)
+
+
+def read_latest(checkpoints_dir: str | Path) -> Path | None:
+    """The directory named by ``checkpoints/latest`` (not verified), or None."""
+    try:
+        name = (Path(checkpoints_dir) / LATEST_FILE).read_text().strip()
+    except OSError:
+        return None
+    return Path(checkpoints_dir) / name if _STEP_DIR.match(name) else None
+
+
+def verify(path: str | Path) -> dict[str, Any]:
+    """Check that every file listed in the manifest exists with the recorded size and SHA-256.
+    Returns the manifest; raises :class:`CheckpointError` saying what is wrong."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        manifest = json.loads((path / MANIFEST_FILE).read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {str(path)!r} is partial: no {MANIFEST_FILE}") from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {str(path)!r}: unreadable {MANIFEST_FILE} ({exc})") from None
+    if not isinstance(manifest, dict) or "files" not in manifest:
+        raise CheckpointError(f"checkpoint {str(path)!r}: malformed {MANIFEST_FILE}")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {str(path)!r} has format version {version!r}; this version of "
+                              f"diffusion_objectives reads format {FORMAT_VERSION}")
+    for fname in (MODEL_FILE, EMA_FILE, STATE_FILE, CONFIG_FILE):
+        if fname not in manifest["files"]:
+            raise CheckpointError(f"checkpoint {str(path)!r}: manifest does not list {fname}")
+    for fname, entry in manifest["files"].items():
+        f = path / fname
+        if not f.is_file():
+            raise CheckpointError(f"checkpoint {str(path)!r} is partial: {fname} is missing")
+        size, digest = _sha256_file(f)
+        if size != entry.get("bytes"):
+            raise CheckpointError(f"checkpoint {str(path)!r} is corrupt: {fname} has {size} bytes, "
+                                  f"manifest says {entry.get('bytes')} (truncated?)")
+        if digest != entry.get("sha256"):
+            raise CheckpointError(f"checkpoint {str(path)!r} is corrupt: {fname} fails its SHA-256 check")
+    return manifest
+
+
+def load(path: str | Path) -> Checkpoint:
+    """Verify and read a checkpoint directory (CPU tensors); :class:`CheckpointError` if it is bad."""
+    path = Path(path)
+    manifest = verify(path)
+    try:
+        model = st_load((path / MODEL_FILE).read_bytes())
+        ema = st_load((path / EMA_FILE).read_bytes())
+        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+        config = yaml.safe_load((path / CONFIG_FILE).read_text())
+    except (OSError, SafetensorError, RuntimeError, yaml.YAMLError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: {exc}") from None
+    if not isinstance(config, dict) or not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {str(path)!r}: malformed config or training state")
+    return Checkpoint(path, int(manifest["step"]), model, ema, state, config, manifest)
+
+
+def find_resumable(checkpoints_dir: str | Path, warn: Callable[[str], None] | None = None) -> Path | None:
+    """The newest checkpoint that verifies, or None. Corrupt or partial ones are skipped with a warning
+    (``latest`` is a hint: a complete checkpoint newer than it is used too)."""
+    warn = warn or (lambda msg: warnings.warn(msg, stacklevel=2))
+    latest = read_latest(checkpoints_dir)
+    for path in reversed(list_checkpoints(checkpoints_dir)):
+        try:
+            verify(path)
+        except CheckpointError as exc:
+            warn(f"skipping {exc}")
+            continue
+        if latest is not None and latest.name != path.name and (_step_of(latest) or 0) > (_step_of(path) or 0):
+            warn(f"'latest' names {latest.name}, which is not usable; resuming from {path.name}")
+        return path
+    if latest is not None:
+        warn(f"'latest' names {latest.name}, which does not exist; no usable checkpoint")
+    return None
+
+
+def resolve_path(path: str | Path, warn: Callable[[str], None] | None = None) -> Path:
+    """A checkpoint directory from a run directory, a ``checkpoints`` directory or a checkpoint itself.
+    A run or checkpoints directory resolves to its newest complete checkpoint (skipping broken ones with
+    a warning); a named checkpoint is not checked here (:func:`load` does)."""
+    p = Path(path)
+    if not p.exists():
+        raise OptionError(f"checkpoint path {str(p)!r} does not exist")
+    if _step_of(p) is not None or (p / MANIFEST_FILE).exists():
+        return p
+    for root in (p / "checkpoints", p):
+        if (root / LATEST_FILE).exists() or list_checkpoints(root):
+            found = find_resumable(root, warn)
+            if found is None:
+                raise CheckpointError(f"no complete checkpoint in {str(root)!r}")
+            return found
+    raise OptionError(f"{str(p)!r} is neither a run directory, a checkpoints directory nor a checkpoint")
+
+
+# ---- inference ---------------------------------------------------------------------------------------------
+
+@dataclass
+class LoadedModel:
+    """A trained model ready for sampling or evaluation.
+
+    ``model``: the network (EMA weights unless ``ema=False``) in eval mode, called as
+    ``model(z, logsnr, labels=None)``; ``objective``: the :class:`~diffusion_objectives.Objective` it was
+    trained with (its parameterization converts outputs to ε̂/x̂; with the adaptive schedule, the schedule
+    holds the learned state); ``config``: the resolved :class:`TrainConfig`; ``dataset(**overrides)``
+    rebuilds the training dataset (e.g. ``dataset(split="test")``); ``step`` and ``images_seen`` say how
+    long it was trained."""
+
+    model: torch.nn.Module
+    objective: Any
+    config: Any
+    dataset: Callable[..., Any]
+    step: int
+    images_seen: int
+    checkpoint_dir: Path
+    ema: bool
+
+
+def load_for_inference(path: str | Path, ema: bool = True, device: str | torch.device = "cpu",
+                       warn: Callable[[str], None] | None = None) -> LoadedModel:
+    """Load a model from a run directory, its ``checkpoints`` directory or one checkpoint directory.
+
+    Raises :class:`~diffusion_objectives.errors.OptionError` (a :class:`CheckpointError` for a corrupt
+    checkpoint or an unknown format version) with a message naming the path."""
+    from .build import build_dataset, build_network, build_objective
+    from .config import TrainConfig, from_dict
+
+    ckpt = load(resolve_path(path, warn))
+    cfg = from_dict(TrainConfig, ckpt.config)
+    model = build_network(cfg.network)
+    try:
+        model.load_state_dict(ckpt.ema if ema else ckpt.model)
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint {str(ckpt.path)!r} does not match its network config: {exc}") from None
+    model.to(device).eval().requires_grad_(False)
+    objective = build_objective(cfg.loss)
+    adaptive = ckpt.state.get("adaptive")
+    if adaptive is not None and hasattr(objective.schedule, "load_state_dict"):
+        objective.schedule.load_state_dict(adaptive)
+
+    def dataset(**overrides: Any) -> Any:
+        return build_dataset(cfg.data, **overrides)
+
+    return LoadedModel(model, objective, cfg, dataset, ckpt.step, int(ckpt.state.get("images_seen", 0)),
+                       ckpt.path, ema)

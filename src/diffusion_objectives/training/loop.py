@@ -1,0 +1,623 @@
+r"""The training loop: one explicit function, :func:`train` (STYLE §6, after EDM2's ``training_loop``).
+
+Per optimizer step (all counts in images unless they say steps):
+
+1. global batch ``step``: indices ``data.batch_indices(N, B, seed, step)`` (a function of (seed, step)
+   only); this process takes the rank-th contiguous B/W of it, in ``grad_accum`` micro-batches;
+2. randomness: λ ~ p(λ) for the global batch, ε, flips and label drops, each drawn from a
+   ``torch.Generator`` seeded by (seed, step, stream) and sliced like the data; dropout draws from the
+   global RNG reseeded by (seed, step, rank, micro-batch) inside ``fork_rng``. So the numbers depend on
+   (seed, step) only: resuming needs no RNG state, and W processes see the same ε and λ as one;
+3. the loss ½ (w(λ)/p(λ)) ‖ε̂ − ε‖² (KG23 Eq. 8, :class:`~diffusion_objectives.WeightedLoss`), averaged
+   over the global batch (DDP averages the per-rank means);
+4. one all-reduce of [non-finite count, stop request, loss sums per λ-bin, adaptive-schedule sums and
+   counts], so every rank takes the same decision (update, skip, stop) and the adaptive schedule (FRAMEWORK
+   §6) holds the same state everywhere;
+5. AdamW with linear warm-up over ``warmup_images`` (and optional 1/√ decay), gradient clipping, and an
+   EMA of the weights with β = 0.5^(B / half-life) (half-life in images).
+
+Non-finite loss or gradient: stop with :class:`NonFiniteError` (default; the last checkpoint is left
+untouched) or skip the update (``run.nonfinite=skip``, at most ``max_consecutive_skips`` in a row).
+SIGTERM/SIGINT: finish the current step, save a checkpoint, return ``status="interrupted"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..adaptive import AdaptiveSchedule
+from ..errors import OptionError
+from . import checkpoint as ckpt_io
+from . import distributed
+from .build import build_dataset, build_network, build_objective, complete_network_params, derive_seed
+from .config import GUARDED_KEYS, TrainConfig, diff, dump_yaml, format_diff, from_dict, to_dict, validate
+from .distributed import Dist
+
+__all__ = ["train", "TrainingError", "NonFiniteError", "learning_rate", "ema_beta", "step_generator"]
+
+
+class TrainingError(RuntimeError):
+    """Training could not continue. ``all_ranks``: every process raised it at the same step."""
+
+    all_ranks = False
+
+
+class NonFiniteError(TrainingError):
+    """A non-finite loss or gradient (agreed across ranks); the last good checkpoint is kept."""
+
+    all_ranks = True
+
+
+# ---- schedules of the optimizer and the EMA (pure functions of the images seen) --------------------------
+
+def learning_rate(cfg: TrainConfig, images_seen: int) -> float:
+    """lr · min(1, n/warmup_images) · (1/√max(1, n/decay_images) if ``decay_images``), with n the images
+    seen *including* the current batch (so step 0 trains)."""
+    o = cfg.optim
+    n = images_seen + cfg.run.batch_size
+    lr = o.lr
+    if o.warmup_images > 0:
+        lr *= min(1.0, n / o.warmup_images)
+    if o.decay_images:
+        lr /= math.sqrt(max(1.0, n / o.decay_images))
+    return lr
+
+
+def ema_beta(cfg: TrainConfig, images_seen: int) -> float:
+    """β = 0.5^(B/h), h = min(half_life_images, rampup_ratio · images_seen) (EDM22's ramp-up); after the
+    update that brought the count to ``images_seen``. h = 0 copies the weights."""
+    h = cfg.ema.half_life_images
+    if cfg.ema.rampup_ratio is not None:
+        h = min(h, cfg.ema.rampup_ratio * images_seen)
+    return 0.5 ** (cfg.run.batch_size / h) if h > 0 else 0.0
+
+
+def step_generator(seed: int, step: int, stream: str, device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator of one random stream (``"logsnr"``, ``"eps"``, ``"flip"``, ``"labels"``) of one
+    step: a fixed function of (seed, step, stream)."""
+    return torch.Generator(device=device).manual_seed(derive_seed("train", seed, step, stream))
+
+
+# ---- small helpers ----------------------------------------------------------------------------------------
+
+class _RunLog:
+    """Human-readable log: ``RUN/log.txt`` and stderr, on rank 0 only."""
+
+    def __init__(self, path: Path | None, echo: bool):
+        self.path, self.echo = path, echo
+        self._file = open(path, "a", buffering=1) if path is not None else None  # noqa: SIM115
+
+    def __call__(self, msg: str, level: str = "info") -> None:
+        if self._file is None:
+            return
+        line = f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {level.upper():<7} {msg}"
+        self._file.write(line + "\n")
+        if self.echo or level != "info":
+            print(line, file=sys.stderr, flush=True)
+
+    def warn(self, msg: str) -> None:
+        self(msg, "warning")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _rewrite_stats(path: Path, upto_step: int) -> None:
+    """Keep only the complete records of ``stats.jsonl`` with ``step <= upto_step`` (on resume, records
+    written after the checkpoint belong to steps that are about to be recomputed)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a crash
+        if isinstance(rec, dict) and int(rec.get("step", 0)) <= upto_step:
+            kept.append(line)
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(k + "\n" for k in kept))
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _stop_on_signals(enabled: bool) -> Iterator[dict[str, Any]]:
+    """SIGTERM/SIGINT set ``flag["signal"]`` (a second SIGINT raises KeyboardInterrupt as usual)."""
+    flag: dict[str, Any] = {"signal": None}
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag["signal"] is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        flag["signal"] = signal.Signals(signum).name
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield flag
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _param_digest(module: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _json_float(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+class _Interval:
+    """Sums over the steps since the last stats record."""
+
+    def __init__(self, bins: int):
+        self.bins = bins
+        self.reset()
+
+    def reset(self) -> None:
+        self.steps = self.skipped = 0
+        self.loss_sum = self.count = 0.0
+        self.bin_sum = torch.zeros(self.bins, dtype=torch.float64)
+        self.bin_count = torch.zeros(self.bins, dtype=torch.float64)
+        self.grad_norm_sum = 0.0
+        self.time = 0.0
+
+
+# ---- the loop -------------------------------------------------------------------------------------------------
+
+def train(config: TrainConfig, run_dir: str | Path, resume: str = "auto", override_resume_check: bool = False,
+          *, dist: Dist | None = None, progress: bool | None = None, handle_signals: bool = True,
+          echo: bool = False, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Train ``config`` in ``run_dir`` and return a summary dict.
+
+    ``resume``: ``"auto"`` continues from the newest complete checkpoint in ``run_dir`` (skipping corrupt
+    ones with a warning) or starts fresh; ``"none"`` starts fresh and refuses a directory that already
+    has checkpoints; any other value is a checkpoint (or run) path, which must be valid. Resuming with
+    different ``data``, ``network``, ``loss`` or ``run.batch_size`` raises OptionError with the diff
+    unless ``override_resume_check``. ``dist``: the process layout (default: one process on
+    ``config.run.device``). ``progress``: tqdm bar (default: when stderr is a terminal). ``echo``: copy
+    the log to stderr. ``on_step(step)`` is called after every step (tests). Never calls ``sys.exit``.
+
+    Summary keys: ``status`` (``finished`` or ``interrupted``), ``step``, ``images_seen``, ``checkpoint``,
+    ``resumed_from``, ``loss`` (mean of the last logged interval), ``steps_per_s``, ``images_per_s``,
+    ``param_digests`` (one per rank: equal when the ranks agree)."""
+    d = dist if dist is not None else Dist(device=distributed.pick_device(config.run.device))
+    cfg = validate(copy.deepcopy(config), d.world_size)
+    run_dir = Path(run_dir)
+    ck_dir = run_dir / "checkpoints"
+    if cfg.run.tensorboard:  # checked on every rank, before anything is written
+        try:
+            import torch.utils.tensorboard  # noqa: F401
+        except ImportError:
+            raise OptionError("run.tensorboard=true needs the tensorboard package (pip install tensorboard)") from None
+    dataset = build_dataset(cfg.data)  # before touching the run directory: a bad dataset leaves no trace
+    if d.is_main:
+        for p in (run_dir, ck_dir, run_dir / "samples"):
+            p.mkdir(parents=True, exist_ok=True)
+    distributed.barrier(d)
+    log = _RunLog(run_dir / "log.txt" if d.is_main else None, echo)
+    try:
+        return _train(cfg, dataset, run_dir, ck_dir, resume, override_resume_check, d, log, progress,
+                      handle_signals, on_step)
+    finally:
+        log.close()
+
+
+def _train(cfg: TrainConfig, dataset: Any, run_dir: Path, ck_dir: Path, resume: str, override: bool, d: Dist,
+           log: _RunLog, progress: bool | None, handle_signals: bool,
+           on_step: Callable[[int], None] | None) -> dict[str, Any]:
+    from .. import data as data_module
+
+    t_start = time.perf_counter()
+    device = d.device
+    r = cfg.run
+    B, W, A = r.batch_size, d.world_size, r.grad_accum
+    local, micro = B // W, B // (W * A)
+
+    # -- network shape from the data ----------------------------------------------------------------------
+    cfg.network = complete_network_params(cfg.network, dataset, cfg.seed)
+    resolved = to_dict(cfg)
+
+    # -- where to start from ------------------------------------------------------------------------------
+    warn = log.warn if d.is_main else (lambda msg: None)
+    source: Path | None
+    if resume == "auto":
+        source = ckpt_io.find_resumable(ck_dir, warn)
+    elif resume == "none":
+        if ckpt_io.list_checkpoints(ck_dir):
+            raise OptionError(f"--resume none: {str(run_dir)!r} already has checkpoints; use --resume auto to "
+                              "continue it or choose a new --out")
+        source = None
+    else:
+        source = ckpt_io.resolve_path(resume, warn)
+    state: dict[str, Any] = {}
+    start = None
+    if source is not None:
+        start = ckpt_io.load(source)
+        changed = diff(start.config, resolved, GUARDED_KEYS)
+        if changed and not override:
+            raise OptionError(f"cannot resume from {str(source)!r}: the config changed\n{format_diff(changed)}\n"
+                              "(pass --allow-config-change to resume anyway, or use a new --out)")
+        if changed:
+            warn(f"resuming despite config changes:\n{format_diff(changed)}")
+        other = diff(start.config, resolved)
+        if other and not changed:
+            log(f"config changes on resume (allowed):\n{format_diff(other)}")
+        state = start.state
+        if state.get("format_version") != ckpt_io.FORMAT_VERSION:
+            raise ckpt_io.CheckpointError(f"checkpoint {str(source)!r}: unknown training-state format")
+
+    net = build_network(cfg.network)
+    if start is not None:
+        try:
+            net.load_state_dict(start.model)
+        except RuntimeError as exc:
+            raise OptionError(f"checkpoint {str(source)!r} does not fit the network: {exc}") from None
+    net.to(device).train()
+    ema = copy.deepcopy(net).eval().requires_grad_(False)
+    if start is not None:
+        ema.load_state_dict(start.ema)
+    objective = build_objective(cfg.loss)
+    loss_fn = objective.loss()
+    schedule = objective.schedule
+    adaptive = schedule if isinstance(schedule, AdaptiveSchedule) else None
+    if adaptive is not None and state.get("adaptive") is not None:
+        adaptive.load_state_dict(state["adaptive"])
+    lo, hi = schedule.logsnr_min, schedule.logsnr_max
+    conditional = cfg.network.conditional
+    null_label = getattr(net, "null_label", None)
+    if conditional and null_label is None:
+        raise OptionError(f"network {cfg.network.name!r} is not class-conditional (no null_label)")
+
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
+                            weight_decay=cfg.optim.weight_decay)
+    if start is not None:
+        opt.load_state_dict(state["optimizer"])
+    model: torch.nn.Module = net
+    if d.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
+
+    step = int(state.get("step", 0))
+    images_seen = int(state.get("images_seen", step * B))
+    skips = int(state.get("consecutive_skips", 0))
+    last_ckpt: Path | None = source
+
+    # -- run directory files -----------------------------------------------------------------------------------
+    stats_path = run_dir / "stats.jsonl"
+    tb = None
+    if d.is_main:
+        (run_dir / "config.yaml").write_text(dump_yaml(from_dict(TrainConfig, resolved)))
+        _rewrite_stats(stats_path, step if start is not None else -1)
+        n_params = sum(p.numel() for p in net.parameters())
+        log(f"{'resuming from ' + str(source) if source else 'starting'} at step {step}/{r.steps}: "
+            f"dataset {dataset.name} {list(dataset.shape)} × {len(dataset)}, network {cfg.network.name} "
+            f"({n_params / 1e6:.3f}M parameters), objective {objective.name} "
+            f"(w={objective.weighting.name}, p={schedule.name}, {objective.parameterization.name}-prediction), "
+            f"batch {B} = {W} process(es) × {A} × {micro}, device {device}, bf16 {r.bf16}, seed {cfg.seed}")
+        if r.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            tb = SummaryWriter(str(run_dir / "tensorboard"))
+    stats_file = open(stats_path, "a", buffering=1) if d.is_main else None  # noqa: SIM115
+
+    K = cfg.loss.log_bins
+    interval = _Interval(K)
+    last_record: dict[str, Any] = {}
+    bar = None
+    if d.is_main and (progress if progress is not None else sys.stderr.isatty()):
+        from tqdm import tqdm
+
+        bar = tqdm(total=r.steps, initial=step, unit="step", dynamic_ncols=True, file=sys.stderr)
+    bins_adaptive = adaptive.bins if adaptive is not None else 0
+    sample_noise = None
+    status = "finished"
+
+    def record(now_step: int) -> None:
+        nonlocal last_record
+        if interval.steps == 0:
+            return
+        per_bin = torch.where(interval.bin_count > 0, interval.bin_sum / interval.bin_count.clamp_min(1),
+                              torch.full_like(interval.bin_sum, float("nan")))
+        loss = interval.loss_sum / interval.count if interval.count else float("nan")
+        rec = {
+            "step": now_step,
+            "images_seen": images_seen,
+            "loss": _json_float(loss),
+            "loss_per_logsnr_bin": [_json_float(float(v)) for v in per_bin],
+            "logsnr_range": [lo, hi],
+            "lr": learning_rate(cfg, images_seen - B),
+            "grad_norm": _json_float(interval.grad_norm_sum / max(interval.steps - interval.skipped, 1)),
+            "skipped_steps": interval.skipped,
+            "ema_beta": ema_beta(cfg, images_seen),
+            "time": {"step_s": interval.time / interval.steps,
+                     "steps_per_s": interval.steps / interval.time if interval.time > 0 else None,
+                     "images_per_s": interval.steps * B / interval.time if interval.time > 0 else None,
+                     "elapsed_s": time.perf_counter() - t_start},
+        }
+        last_record = rec
+        if stats_file is not None:
+            stats_file.write(json.dumps(rec) + "\n")
+            stats_file.flush()
+        if tb is not None:
+            tb.add_scalar("loss", loss, now_step)
+            tb.add_scalar("lr", rec["lr"], now_step)
+        if bar is not None:
+            bar.set_postfix(loss=f"{loss:.4g}")
+        interval.reset()
+
+    def save(now_step: int) -> None:
+        nonlocal last_ckpt
+        if d.is_main:
+            st = {"step": now_step, "images_seen": images_seen, "optimizer": opt.state_dict(),
+                  "adaptive": adaptive.state_dict() if adaptive is not None else None,
+                  "consecutive_skips": skips}
+            last_ckpt = ckpt_io.save(ck_dir, now_step, model=net.state_dict(), ema=ema.state_dict(), state=st,
+                                     config=resolved, keep=r.keep_checkpoints, images_seen=images_seen)
+            log(f"checkpoint {last_ckpt.name} written")
+        distributed.barrier(d)
+
+    def samples(now_step: int) -> None:
+        nonlocal sample_noise
+        if not d.is_main:
+            return
+        if sample_noise is None:
+            g = torch.Generator().manual_seed(derive_seed("samples", cfg.seed))
+            sample_noise = torch.randn((r.num_samples, *dataset.shape), generator=g)
+        _write_samples(ema, objective, dataset, sample_noise, r.sample_steps, conditional,
+                       run_dir / "samples" / f"step-{now_step:08d}.png", device, log)
+
+    ema_params = list(ema.parameters())
+    net_params = list(net.parameters())
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=r.bf16)
+    fork_devices = [device] if device.type == "cuda" else []
+
+    try:
+        with _stop_on_signals(handle_signals) as stop:
+            while step < r.steps:
+                t0 = time.perf_counter()
+                lr = learning_rate(cfg, images_seen)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                # -- this step's randomness and data (global batch, then this rank's slice) ----------------
+                idx = data_module.batch_indices(len(dataset), B, cfg.seed, step)
+                lam_all = schedule.sample(B, step_generator(cfg.seed, step, "logsnr", device),
+                                          stratified=cfg.loss.stratified, device=device)
+                eps_all = torch.randn((B, *dataset.shape), generator=step_generator(cfg.seed, step, "eps", device),
+                                      device=device)
+                flip_all = (torch.rand(B, generator=step_generator(cfg.seed, step, "flip", device), device=device)
+                            < 0.5) if dataset.hflip else None
+                drop_all = (torch.rand(B, generator=step_generator(cfg.seed, step, "labels", device),
+                                       device=device) < cfg.network.label_dropout) if conditional else None
+                mine = slice(d.rank * local, (d.rank + 1) * local)
+                idx, lam_all, eps_all = idx[mine], lam_all[mine], eps_all[mine]
+                x_all = dataset.data[idx].to(device, non_blocking=True)
+                if flip_all is not None:
+                    f = flip_all[mine].reshape((-1,) + (1,) * (x_all.ndim - 1))
+                    x_all = torch.where(f, x_all.flip(-1), x_all)
+                labels_all = None
+                if conditional:
+                    labels_all = dataset.labels[idx].to(device)
+                    labels_all = torch.where(drop_all[mine], torch.full_like(labels_all, null_label), labels_all)
+
+                # -- forward/backward over the micro-batches ------------------------------------------------
+                losses, lams, wmse = [], [], []
+                for m in range(A):
+                    sl = slice(m * micro, (m + 1) * micro)
+                    sync = contextlib.nullcontext() if (m == A - 1 or not d.enabled) else model.no_sync()
+                    with sync, torch.random.fork_rng(devices=fork_devices):
+                        torch.manual_seed(derive_seed("dropout", cfg.seed, step, d.rank, m))
+                        with autocast:
+                            out = loss_fn.loss_at(model, x_all[sl], eps_all[sl], lam_all[sl],
+                                                  None if labels_all is None else labels_all[sl])
+                        loss = out.loss
+                        dbg = cfg.debug
+                        if dbg.nonfinite_step == step and dbg.nonfinite_rank in (None, d.rank):
+                            loss = loss * float("nan")
+                        (loss.sum() / local).backward()
+                    losses.append(loss.detach().float())
+                    lams.append(out.logsnr.detach().float())
+                    wmse.append(out.weighted_eps_mse.detach())
+                loss_v, lam_v = torch.cat(losses), torch.cat(lams)
+                grad_norm = torch.nn.utils.clip_grad_norm_(
+                    net_params, cfg.optim.grad_clip if cfg.optim.grad_clip is not None else float("inf"))
+
+                # -- one all-reduce: agreement on the decision, logged losses, adaptive statistics ------------
+                finite = torch.isfinite(loss_v)
+                bin_idx = ((lam_v.double() - lo) / (hi - lo) * K).floor().long().clamp(0, K - 1)
+                lv = torch.where(finite, loss_v, torch.zeros_like(loss_v)).double()
+                fin = finite.double()
+                vec = [torch.stack([(~finite).sum().double(), (~torch.isfinite(grad_norm)).double(),
+                                    torch.tensor(float(stop["signal"] is not None), device=device,
+                                                 dtype=torch.float64), lv.sum(), fin.sum()]),
+                       torch.zeros(K, dtype=torch.float64, device=device).index_add_(0, bin_idx, lv),
+                       torch.zeros(K, dtype=torch.float64, device=device).index_add_(0, bin_idx, fin)]
+                if adaptive is not None:  # w(λ)‖ε̂ − ε‖² per bin (non-finite values: never used, see below)
+                    wm = torch.cat(wmse)
+                    a_sum, a_cnt = adaptive.statistics(lam_all, torch.where(torch.isfinite(wm), wm,
+                                                                            torch.zeros_like(wm)))
+                    vec += [a_sum.to(device), a_cnt.to(device)]
+                vec = distributed.all_reduce_sum(torch.cat(vec), d).cpu()
+                n_bad_loss, bad_grad, stop_req = int(vec[0]), bool(vec[1] > 0), bool(vec[2] > 0)
+                nonfinite = n_bad_loss > 0 or bad_grad
+
+                if nonfinite:
+                    skips += 1
+                    if r.nonfinite == "stop" or skips > r.max_consecutive_skips:
+                        bad = ~finite if n_bad_loss else torch.ones_like(finite)
+                        ext = torch.tensor([-float(lam_v[bad].min()) if bad.any() else -math.inf,
+                                            float(lam_v[bad].max()) if bad.any() else -math.inf],
+                                           dtype=torch.float64, device=device)
+                        ext = distributed.all_reduce_max(ext, d).cpu()
+                        what = "loss" if n_bad_loss else "gradient"
+                        why = ("" if r.nonfinite == "stop"
+                               else f" ({skips} consecutive non-finite steps > run.max_consecutive_skips)")
+                        raise NonFiniteError(
+                            f"non-finite {what} at step {step + 1} (computing step {step} -> {step + 1}){why}; "
+                            f"λ of the affected examples in [{-float(ext[0]):.4g}, {float(ext[1]):.4g}], "
+                            f"seed {cfg.seed}, lr {lr:.3g}. The last good checkpoint "
+                            f"{str(last_ckpt) if last_ckpt else '(none)'} is intact. Lower optim.lr, set "
+                            "optim.grad_clip, try run.bf16=false, or --set run.nonfinite=skip")
+                    opt.zero_grad(set_to_none=True)
+                    interval.skipped += 1
+                    if d.is_main:
+                        log.warn(f"step {step + 1}: non-finite {'loss' if n_bad_loss else 'gradient'}, update "
+                                 f"skipped ({skips} in a row)")
+                else:
+                    skips = 0
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                    beta = ema_beta(cfg, images_seen + B)
+                    with torch.no_grad():
+                        torch._foreach_lerp_(ema_params, [p.detach() for p in net_params], 1.0 - beta)
+                        for be, b in zip(ema.buffers(), net.buffers(), strict=True):
+                            be.copy_(b)
+                    if adaptive is not None:
+                        a0 = 5 + 2 * K
+                        adaptive.update_from_statistics(vec[a0:a0 + bins_adaptive],
+                                                        vec[a0 + bins_adaptive:a0 + 2 * bins_adaptive])
+                    interval.grad_norm_sum += float(grad_norm)
+                step += 1
+                images_seen += B
+                interval.steps += 1
+                interval.loss_sum += float(vec[3])
+                interval.count += float(vec[4])
+                interval.bin_sum += vec[5:5 + K]
+                interval.bin_count += vec[5 + K:5 + 2 * K]
+                interval.time += time.perf_counter() - t0
+                if bar is not None:
+                    bar.update(1)
+
+                at_ckpt = r.checkpoint_every > 0 and step % r.checkpoint_every == 0
+                if step % r.log_every == 0 or at_ckpt or stop_req or step == r.steps:
+                    record(step)
+                if on_step is not None:
+                    on_step(step)
+                if r.sample_every > 0 and step % r.sample_every == 0 and step < r.steps:
+                    samples(step)
+                if stop_req and step < r.steps:
+                    save(step)
+                    if d.is_main:
+                        log(f"stopping at step {step} on {stop['signal'] or 'a signal on another rank'}; "
+                            "checkpoint saved, rerun the same command to resume")
+                    status = "interrupted"
+                    break
+                if at_ckpt and step < r.steps:
+                    save(step)
+            if status == "finished":
+                record(step)
+                save(step)
+                if r.sample_every > 0:
+                    samples(step)
+    finally:
+        if bar is not None:
+            bar.close()
+        if stats_file is not None:
+            stats_file.close()
+        if tb is not None:
+            tb.close()
+
+    digests = distributed.all_gather_object(_param_digest(net), d)
+    if len(set(digests)) > 1 and d.is_main:
+        log.warn(f"parameters differ across ranks: {digests}")
+    elapsed = time.perf_counter() - t_start
+    summary = {
+        "status": status,
+        "run_dir": str(run_dir),
+        "step": step,
+        "images_seen": images_seen,
+        "checkpoint": str(last_ckpt) if last_ckpt else None,
+        "resumed_from": str(source) if source else None,
+        "loss": last_record.get("loss"),
+        "steps_per_s": (last_record.get("time") or {}).get("steps_per_s"),
+        "images_per_s": (last_record.get("time") or {}).get("images_per_s"),
+        "elapsed_s": elapsed,
+        "world_size": W,
+        "param_digests": digests,
+    }
+    if d.is_main:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        log(f"{status} at step {step} ({images_seen} images) in {elapsed:.1f} s")
+    return summary
+
+
+# ---- sample grids -------------------------------------------------------------------------------------------------
+
+def _write_samples(ema: torch.nn.Module, objective: Any, dataset: Any, noise: Tensor, steps: int,
+                   conditional: bool, path: Path, device: torch.device, log: _RunLog) -> None:
+    """Fixed-noise samples of the EMA model (DPM-Solver++(2M), ``steps`` evaluations, no guidance; labels
+    0, 1, 2, ... for a conditional model): an image grid, or a scatter plot for 2-D data."""
+    try:
+        from .. import samplers
+    except ImportError as exc:
+        log.warn(f"no sample grid: diffusion_objectives.samplers is not available ({exc})")
+        return
+    s = objective.schedule
+    labels = None
+    if conditional:
+        labels = torch.arange(noise.shape[0], device=device) % max(int(dataset.num_classes), 1)
+    try:
+        with torch.no_grad():
+            # DPM-Solver++(2M) on EDM's σ-grid if it fits inside the trained λ-range, else uniform in λ
+            grid = samplers.grid_edm(steps)
+            if grid[0] < s.logsnr_min or grid[-1] > s.logsnr_max:
+                grid = samplers.grid_uniform_logsnr(steps, s.logsnr_min, s.logsnr_max)
+            x = samplers.dpmpp_2m(ema, objective.parameterization, noise.to(device), grid, labels=labels)
+    except Exception as exc:  # a sampler problem must not kill a training run
+        log.warn(f"no sample grid at {path.name}: sampling failed ({type(exc).__name__}: {exc})")
+        return
+    x = x.detach().float().cpu()
+    if x.ndim == 2 and x.shape[1] == 2:
+        _scatter(x, dataset, path)
+    elif x.ndim == 4:
+        from ..data import save_image_grid
+
+        save_image_grid(x.clamp(-1, 1), path, nrow=int(math.ceil(math.sqrt(x.shape[0]))))
+    else:
+        warnings.warn(f"no sample plot for data of shape {list(x.shape[1:])}", stacklevel=2)
+
+
+def _scatter(x: Tensor, dataset: Any, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ref = dataset.data[: x.shape[0]]
+    ax.scatter(ref[:, 0], ref[:, 1], s=2, alpha=0.3, color="0.6", label="data")
+    ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.6, color="C0", label="samples (EMA)")
+    lim = float(ref.abs().max()) * 1.3
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+    ax.legend(loc="upper right", fontsize=8, markerscale=4)
+    ax.set_title(path.stem)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,205 @@
+"""Training configuration: presets, YAML round trips, overrides, type errors, objective construction,
+and the learning-rate / EMA schedules re-derived from their definitions."""
+
+import math
+
+import pytest
+import torch
+
+from diffusion_objectives import objectives, schedules, weightings
+from diffusion_objectives.adaptive import AdaptiveSchedule
+from diffusion_objectives.errors import OptionError
+from diffusion_objectives.training import build, config
+from diffusion_objectives.training.config import TrainConfig
+from diffusion_objectives.training.loop import ema_beta, learning_rate
+
+
+@pytest.mark.parametrize("name", config.preset_names())
+def test_presets_validate_and_build_their_objective(name):
+    cfg = config.validate(config.preset(name))
+    obj = build.build_objective(cfg.loss)
+    assert math.isfinite(obj.schedule.logsnr_min) and math.isfinite(obj.schedule.logsnr_max)
+    build.check_names(cfg)
+
+
+def test_gpu_preset_is_kg23_scale():
+    cfg = config.preset("imagenet64-kg23")
+    assert cfg.run.batch_size == 2048 and cfg.run.bf16 and cfg.network.conditional
+    assert cfg.loss.objective == "edm-monotonic" and cfg.loss.adaptive.enabled
+
+
+@pytest.mark.parametrize("name", config.preset_names())
+def test_yaml_round_trip(name, tmp_path):
+    cfg = config.preset(name)
+    path = tmp_path / "c.yaml"
+    path.write_text(config.dump_yaml(cfg))
+    again = config.from_dict(TrainConfig, config.load_yaml(path))
+    assert again == cfg
+    assert config.diff(cfg, again) == {}
+
+
+def test_overrides_typed_and_shorthand():
+    cfg = config.apply_overrides(TrainConfig(), [
+        "loss.weighting.bias=-2", "network.hidden=64", "data.n=1000", "optim.lr=1e-3", "optim.betas=[0.9, 0.99]",
+        "run.bf16=true", "optim.grad_clip=null", "ema.half_life_images=1000", "run.steps=1e3",
+    ])
+    assert cfg.loss.weighting.params == {"bias": -2}
+    assert cfg.network.params["hidden"] == 64 and cfg.data.params["n"] == 1000
+    assert cfg.optim.lr == 1e-3 and cfg.optim.betas == (0.9, 0.99) and cfg.run.bf16 is True
+    assert cfg.optim.grad_clip is None
+    assert isinstance(cfg.ema.half_life_images, float) and cfg.run.steps == 1000
+    # explicit params path and removal with null
+    cfg = config.apply_overrides(cfg, ["network.params.depth=3", "network.hidden=null"])
+    assert cfg.network.params == {"depth": 3}
+
+
+@pytest.mark.parametrize("item, key", [
+    ("run.stepz=3", "run.stepz"),
+    ("optimizer.lr=1", "optimizer"),
+    ("run.steps=abc", "run.steps"),
+    ("run.steps=1.5", "run.steps"),
+    ("run.bf16=1", "run.bf16"),
+    ("optim.lr=fast", "optim.lr"),
+    ("optim.betas=[0.9]", "optim.betas"),
+    ("loss.adaptive=3", "loss.adaptive"),
+    ("run.steps.x=3", "run.steps"),
+    ("seed", "KEY=VALUE"),
+])
+def test_bad_overrides_name_the_key(item, key):
+    with pytest.raises(OptionError, match=key.replace(".", r"\.").replace("[", r"\[")):
+        config.apply_overrides(TrainConfig(), [item])
+
+
+def test_unknown_yaml_key_and_wrong_type(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("run:\n  steps: 10\n  batchsize: 3\n")
+    with pytest.raises(OptionError, match="run.batchsize"):
+        config.resolve(config_file=p)
+    p.write_text("optim:\n  lr: [1, 2]\n")
+    with pytest.raises(OptionError, match="optim.lr"):
+        config.resolve(config_file=p)
+    p.write_text("optim:\n  lr: 3e-4\n")  # YAML 1.1 would read this as a string
+    assert config.resolve(config_file=p).optim.lr == 3e-4
+
+
+def test_resolve_order_and_objective_flag_resets_components():
+    cfg = config.resolve("digits", objective="edm", steps=7, batch_size=32, seed=3, checkpoint_every=2,
+                         overrides=["loss.weighting.p_mean=-0.4", "run.steps=9"])
+    assert cfg.loss.objective == "edm" and cfg.run.steps == 9 and cfg.run.batch_size == 32 and cfg.seed == 3
+    assert cfg.run.checkpoint_every == 2
+    assert cfg.loss.weighting.params == {"p_mean": -0.4}
+
+
+@pytest.mark.parametrize("item, key", [
+    ("run.steps=-1", "run.steps"), ("run.batch_size=0", "run.batch_size"), ("optim.lr=0", "optim.lr"),
+    ("run.nonfinite=ignore", "run.nonfinite"), ("optim.betas=[0.9, 1.0]", "optim.betas"),
+    ("loss.adaptive.decay=1", "loss.adaptive.decay"), ("run.device=tpu", "run.device"),
+])
+def test_validate_ranges(item, key):
+    with pytest.raises(OptionError, match=key.replace(".", r"\.")):
+        config.resolve(overrides=[item])
+
+
+def test_batch_must_split_over_world_and_accumulation():
+    with pytest.raises(OptionError, match="not divisible"):
+        config.resolve(batch_size=6, overrides=["run.grad_accum=4"])
+    with pytest.raises(OptionError, match="world size"):
+        config.resolve(batch_size=5, world_size=2)
+    config.resolve(batch_size=8, world_size=2, overrides=["run.grad_accum=2"])
+
+
+def test_diff_restricted_to_guarded_keys():
+    a = TrainConfig()
+    b = config.apply_overrides(a, ["run.steps=5", "run.batch_size=8", "loss.weighting.bias=1"])
+    d = config.diff(a, b, config.GUARDED_KEYS)
+    assert set(d) == {"run.batch_size", "loss.weighting.params.bias"}
+    assert d["run.batch_size"] == (1024, 8)
+    assert "run.steps" in config.diff(a, b)
+
+
+# ---- objective construction -----------------------------------------------------------------------------
+
+LAM = torch.linspace(-15, 15, 301, dtype=torch.float64)
+
+
+def test_objective_preset_with_weighting_override():
+    obj = build.build_objective(config.resolve(objective="sigmoid", overrides=["loss.weighting.bias=-2"]).loss)
+    torch.testing.assert_close(obj.weighting(LAM), weightings.Sigmoid(-2.0)(LAM))
+    base = objectives.get("sigmoid")
+    torch.testing.assert_close(obj.schedule.density(LAM), base.schedule.density(LAM))
+    assert obj.parameterization.name == "eps"
+
+
+def test_objective_preset_unchanged_is_the_preset():
+    for name in objectives.names():
+        obj = build.build_objective(config.resolve(objective=name).loss)
+        ref = objectives.get(name)
+        torch.testing.assert_close(obj.weighting(LAM), ref.weighting(LAM))
+        torch.testing.assert_close(obj.schedule.density(LAM), ref.schedule.density(LAM))
+        assert obj.parameterization.name == ref.parameterization.name
+
+
+def test_schedule_endpoint_override_truncates_the_objectives_schedule():
+    obj = build.build_objective(config.resolve(objective="edm", overrides=[
+        "loss.schedule.logsnr_min=-10", "loss.schedule.logsnr_max=12"]).loss)
+    ref = objectives.get("edm").schedule.with_endpoints(-10.0, 12.0)
+    assert (obj.schedule.logsnr_min, obj.schedule.logsnr_max) == (-10.0, 12.0)
+    torch.testing.assert_close(obj.schedule.density(LAM), ref.density(LAM))
+    with pytest.raises(OptionError, match="loss.schedule"):
+        build.build_objective(config.resolve(objective="edm", overrides=["loss.schedule.p_mean=0"]).loss)
+    obj = build.build_objective(config.resolve(objective="edm", overrides=[
+        "loss.schedule.name=edm", "loss.schedule.p_mean=-0.4", "loss.schedule.p_std=1.0"]).loss)
+    torch.testing.assert_close(obj.schedule.density(LAM), schedules.get("edm", p_mean=-0.4, p_std=1.0).density(LAM))
+
+
+def test_adaptive_swaps_the_schedule_and_keeps_the_endpoints():
+    cfg = config.resolve(objective="ddpm", overrides=["loss.adaptive.enabled=true", "loss.adaptive.bins=20"])
+    obj = build.build_objective(cfg.loss)
+    ref = objectives.get("ddpm")
+    assert isinstance(obj.schedule, AdaptiveSchedule) and obj.schedule.bins == 20
+    assert (obj.schedule.logsnr_min, obj.schedule.logsnr_max) == (ref.schedule.logsnr_min, ref.schedule.logsnr_max)
+    torch.testing.assert_close(obj.weighting(LAM), ref.weighting(LAM))
+
+
+def test_objective_from_components_only():
+    cfg = config.resolve(overrides=["loss.objective=null", "loss.weighting.name=sigmoid", "loss.weighting.bias=1",
+                                    "loss.parameterization.name=v"])
+    obj = build.build_objective(cfg.loss)
+    torch.testing.assert_close(obj.weighting(LAM), weightings.Sigmoid(1.0)(LAM))
+    assert obj.schedule.name == "cosine" and obj.parameterization.name == "v"
+    with pytest.raises(OptionError, match="loss.weighting.name"):
+        config.resolve(overrides=["loss.objective=null"])
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["loss.objective=nope"], "nope"),
+    (["loss.weighting.name=nope"], "nope"),
+    (["loss.weighting.biass=1"], "biass"),
+    (["data.name=nope"], "nope"),
+    (["data.nn=3"], "nn"),
+    (["network.name=nope"], "nope"),
+    (["network.widht=3"], "widht"),
+])
+def test_check_names_fails_fast(overrides, match):
+    with pytest.raises(OptionError, match=match):
+        build.check_names(config.resolve(overrides=overrides))
+
+
+# ---- learning rate and EMA (re-derived) ---------------------------------------------------------------------
+
+def test_learning_rate_warmup_and_decay():
+    cfg = config.resolve(batch_size=100, overrides=["optim.lr=1e-3", "optim.warmup_images=1000",
+                                                    "optim.decay_images=4000"])
+    assert learning_rate(cfg, 0) == pytest.approx(1e-4)  # first step: 100 of 1000 warm-up images
+    assert learning_rate(cfg, 900) == pytest.approx(1e-3)
+    assert learning_rate(cfg, 16000 - 100) == pytest.approx(1e-3 / 2)  # 16000/4000 = 4 → 1/√4
+
+
+def test_ema_half_life_is_in_images():
+    cfg = config.resolve(batch_size=64, overrides=["ema.half_life_images=6400", "ema.rampup_ratio=null"])
+    beta = ema_beta(cfg, 10**6)
+    # after half_life/batch = 100 steps the initial weights carry half of the average's mass
+    assert beta**100 == pytest.approx(0.5)
+    cfg = config.apply_overrides(cfg, ["ema.rampup_ratio=0.5"])
+    assert ema_beta(cfg, 6400) == pytest.approx(0.5 ** (64 / 3200))  # ramp-up: h = 0.5 · 6400
+    assert ema_beta(cfg, 0) == 0.0
