@@ -5,9 +5,11 @@ sampled: variance only) and a parameterization (what the network predicts). See 
 FRAMEWORK.md for the mathematics.
 """
 
-from . import objectives, parameterizations, process, schedules, weightings
+from . import objectives, parameterizations, process, samplers, schedules, weightings
 from .adaptive import AdaptiveSchedule
+from .elbo import ElboResult, elbo
 from .errors import OptionError
+from .likelihood import LikelihoodResult, likelihood
 from .loss import LossOutput, WeightedLoss
 from .objectives import Objective
 from .theory import augmentation_density, integration_by_parts
@@ -16,15 +18,20 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdaptiveSchedule",
+    "ElboResult",
+    "LikelihoodResult",
     "LossOutput",
     "Objective",
     "OptionError",
     "WeightedLoss",
     "augmentation_density",
+    "elbo",
     "integration_by_parts",
+    "likelihood",
     "objectives",
     "parameterizations",
     "process",
+    "samplers",
     "schedules",
     "weightings",
 ]

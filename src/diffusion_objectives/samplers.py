@@ -1,0 +1,279 @@
+r"""Samplers in λ: ancestral (DDPM), DDIM, EDM's Heun, DPM-Solver++(2M) (FRAMEWORK §9).
+
+Every sampler is a pure function ``f(model, parameterization, noise, logsnrs, ...)``: ``noise`` ``[B, ...]``
+is standard normal, ``logsnrs`` ``[N]`` the increasing λ-grid from noise to data. The chain starts at
+z₀ = σ(λ₀)·noise (EDM's x̃ = σ_max·noise in VP coordinates), moves along the grid, and returns the
+denoised x̂ at the last grid point (EDM's final step to σ = 0). With the grids below, a first-order
+sampler or DPM-Solver++(2M) makes N network evaluations, Heun 2N − 1 (EDM22's count).
+
+Stochastic draws come from one ``torch.Generator`` per sample, so sample i depends only on its own
+generator (and noise), never on the batch it is in. Classifier-free guidance (Ho & Salimans 2022):
+ε̂ = (1 + g) ε̂(z, c) − g ε̂(z, ∅); x̂ is combined the same way (it is affine in ε̂ at fixed z).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .parameterizations import Parameterization
+from .process import alpha_sigma
+from .registry import Registry
+from .schedules import Schedule
+
+__all__ = [
+    "Step",
+    "ancestral",
+    "ddim",
+    "heun",
+    "dpmpp_2m",
+    "grid_uniform_t",
+    "grid_edm",
+    "grid_uniform_logsnr",
+    "seeded_generators",
+    "seeded_noise",
+    "REGISTRY",
+    "get",
+    "names",
+]
+
+Model = Callable[..., Tensor]
+
+
+@dataclass(frozen=True)
+class Step:
+    """What a sampler passes to ``callback`` at grid point ``index`` (0 … ``total`` − 1), before leaving it:
+    the λ there, the latent ``z`` at it and the denoised prediction ``x_hat`` made there (``[B, ...]``)."""
+
+    index: int
+    total: int
+    logsnr: float
+    z: Tensor
+    x_hat: Tensor
+
+
+NullLabel = int | Tensor | None  # the label of the unconditional model, for classifier-free guidance
+Callback = Callable[[Step], None] | None
+
+
+# -- λ-grids (increasing, from noise to data) -----------------------------------------------------------
+
+def grid_uniform_t(schedule: Schedule, steps: int) -> Tensor:
+    """λ(t_i) at t_i = 1 − i/(steps − 1): uniform in the schedule's time, from λ_min to λ_max (float64)."""
+    _check_steps(steps)
+    t = 1.0 - torch.arange(steps, dtype=torch.float64) / (steps - 1)
+    return schedule.logsnr(t).to(torch.float64)
+
+
+def grid_edm(steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> Tensor:
+    r"""EDM22 Eq. 5: σ_i = (σ_max^{1/ρ} + i/(N−1)(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ, as λ_i = −2 log σ_i (float64)."""
+    _check_steps(steps)
+    if not 0 < sigma_min < sigma_max or not rho > 0:
+        raise ValueError("need 0 < sigma_min < sigma_max and rho > 0")
+    i = torch.arange(steps, dtype=torch.float64)
+    sigma = (sigma_max ** (1 / rho) + i / (steps - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    return -2.0 * torch.log(sigma)
+
+
+def grid_uniform_logsnr(steps: int, logsnr_min: float = -15.0, logsnr_max: float = 15.0) -> Tensor:
+    """``steps`` equally spaced λ from ``logsnr_min`` to ``logsnr_max`` (float64)."""
+    _check_steps(steps)
+    if not logsnr_min < logsnr_max:
+        raise ValueError("need logsnr_min < logsnr_max")
+    return torch.linspace(logsnr_min, logsnr_max, steps, dtype=torch.float64)
+
+
+def _check_steps(steps: int) -> None:
+    if int(steps) != steps or steps < 2:
+        raise ValueError(f"a grid needs at least 2 points, got {steps}")
+
+
+# -- per-sample randomness --------------------------------------------------------------------------------
+
+def seeded_generators(seeds: Sequence[int], device: torch.device | str = "cpu") -> list[torch.Generator]:
+    """One generator per seed: pass them to :func:`seeded_noise` first, then to a stochastic sampler."""
+    return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+
+def seeded_noise(seeds: Sequence[int] | Sequence[torch.Generator], shape: Sequence[int], *,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
+    """Initial noise ``[len(seeds), *shape]``: row i is ``randn(shape)`` from seed i (or generator i, which
+    it advances), so it does not depend on the other rows."""
+    gens = [s if isinstance(s, torch.Generator) else torch.Generator().manual_seed(int(s)) for s in seeds]
+    return _randn(gens, tuple(shape), dtype, device)
+
+
+def _randn(generators: Sequence[torch.Generator], shape: tuple[int, ...], dtype: torch.dtype,
+           device: torch.device | str | None) -> Tensor:
+    rows = [torch.randn(shape, generator=g, dtype=dtype, device=g.device) for g in generators]
+    return torch.stack(rows).to(device)
+
+
+def _randn_like(z: Tensor, generators: Sequence[torch.Generator] | None) -> Tensor:
+    if generators is None:
+        return torch.randn_like(z)
+    if len(generators) != z.shape[0]:
+        raise ValueError(f"need one generator per sample: got {len(generators)} for a batch of {z.shape[0]}")
+    return _randn(generators, tuple(z.shape[1:]), z.dtype, z.device)
+
+
+# -- the denoiser with guidance -----------------------------------------------------------------------------
+
+def _denoise(model: Model, parameterization: Parameterization, z: Tensor, logsnr: float,
+             labels: Tensor | None, guidance: float, null_label: NullLabel) -> Tensor:
+    """x̂ at (z, λ), with classifier-free guidance when ``guidance`` ≠ 0 (one network call on 2B rows)."""
+    lam = torch.full((z.shape[0],), float(logsnr), dtype=z.dtype, device=z.device)
+    with torch.no_grad():
+        if guidance == 0.0:
+            return parameterization.x_hat(model(z, lam) if labels is None else model(z, lam, labels), z, lam)
+        if labels is None or null_label is None:
+            raise ValueError("classifier-free guidance needs labels and a null_label")
+        null = torch.as_tensor(null_label, dtype=labels.dtype, device=labels.device).expand_as(labels)
+        z2, lam2 = torch.cat([z, z]), torch.cat([lam, lam])
+        x_c, x_u = parameterization.x_hat(model(z2, lam2, torch.cat([labels, null])), z2, lam2).chunk(2)
+        return (1 + guidance) * x_c - guidance * x_u  # = x̂ of the guided ε̂ (affine at fixed z)
+
+
+def _grid(logsnrs: Tensor | Sequence[float]) -> list[float]:
+    lam = [float(v) for v in torch.as_tensor(logsnrs, dtype=torch.float64).reshape(-1)]
+    if len(lam) < 1 or any(b <= a for a, b in zip(lam, lam[1:], strict=False)):
+        raise ValueError("logsnrs must be a non-empty strictly increasing grid (noise → data)")
+    return lam
+
+
+def _ab(logsnr: float) -> tuple[float, float]:
+    alpha, sigma = alpha_sigma(torch.tensor(logsnr, dtype=torch.float64))
+    return float(alpha), float(sigma)
+
+
+# -- the samplers ---------------------------------------------------------------------------------------------
+
+def ancestral(model: Model, parameterization: Parameterization, noise: Tensor, logsnrs: Tensor | Sequence[float], *,
+              generators: Sequence[torch.Generator] | None = None, labels: Tensor | None = None,
+              guidance: float = 0.0, null_label: NullLabel = None, callback: Callback = None) -> Tensor:
+    r"""Ancestral sampling (DDPM; VDM21's sampler, in λ): from λ_t to λ_s > λ_t, with c = −expm1(λ_t − λ_s),
+
+        z_s = (α_s/α_t)(z_t − σ_t c ε̂) + σ_s √c · n = α_s c x̂ + (α_s/α_t)(1 − c) z_t + σ_s √c · n,
+
+    the exact posterior q(z_s | z_t, x = x̂); n ~ N(0, I) from each sample's generator."""
+    lam = _grid(logsnrs)
+    z = _ab(lam[0])[1] * noise
+    for i, (lt, ls) in enumerate(zip(lam, lam[1:] + [None], strict=True)):
+        x_hat = _denoise(model, parameterization, z, lt, labels, guidance, null_label)
+        _report(callback, i, len(lam), lt, z, x_hat)
+        if ls is None:
+            z = x_hat
+        else:
+            (a_t, _), (a_s, s_s) = _ab(lt), _ab(ls)
+            c = -math.expm1(lt - ls)
+            z = a_s * c * x_hat + (a_s / a_t) * (1 - c) * z + s_s * math.sqrt(c) * _randn_like(z, generators)
+    return z
+
+
+def ddim(model: Model, parameterization: Parameterization, noise: Tensor, logsnrs: Tensor | Sequence[float], *,
+         labels: Tensor | None = None, guidance: float = 0.0, null_label: NullLabel = None,
+         callback: Callback = None) -> Tensor:
+    r"""DDIM (Song et al. 2021, η = 0): z_s = α_s x̂ + σ_s ε̂, written as
+    z_s = (σ_s/σ_t) z_t − α_s expm1(−h) x̂ with h = (λ_s − λ_t)/2 (deterministic; first-order DPM-Solver++)."""
+    lam = _grid(logsnrs)
+    z = _ab(lam[0])[1] * noise
+    for i, (lt, ls) in enumerate(zip(lam, lam[1:] + [None], strict=True)):
+        x_hat = _denoise(model, parameterization, z, lt, labels, guidance, null_label)
+        _report(callback, i, len(lam), lt, z, x_hat)
+        if ls is None:
+            z = x_hat
+        else:
+            (_, s_t), (a_s, s_s) = _ab(lt), _ab(ls)
+            z = (s_s / s_t) * z - a_s * math.expm1(-0.5 * (ls - lt)) * x_hat
+    return z
+
+
+def dpmpp_2m(model: Model, parameterization: Parameterization, noise: Tensor, logsnrs: Tensor | Sequence[float], *,
+             labels: Tensor | None = None, guidance: float = 0.0, null_label: NullLabel = None,
+             callback: Callback = None) -> Tensor:
+    r"""DPM-Solver++(2M) (Lu et al. 2022, Alg. 2) in the half-log-SNR λ/2: with h_i = (λ_i − λ_{i−1})/2,
+    r = h_{i−1}/h_i and D = (1 + 1/(2r)) x̂_{i−1} − x̂_{i−2}/(2r) (D = x̂_{i−1} on the first step),
+
+        z_i = (σ_i/σ_{i−1}) z_{i−1} − α_i expm1(−h_i) D."""
+    lam = _grid(logsnrs)
+    z = _ab(lam[0])[1] * noise
+    x_prev = None
+    for i, lt in enumerate(lam):
+        x_hat = _denoise(model, parameterization, z, lt, labels, guidance, null_label)
+        _report(callback, i, len(lam), lt, z, x_hat)
+        if i + 1 == len(lam):
+            z = x_hat
+        else:
+            ls = lam[i + 1]
+            (_, s_t), (a_s, s_s) = _ab(lt), _ab(ls)
+            h = 0.5 * (ls - lt)
+            if x_prev is None:
+                d = x_hat
+            else:
+                r = 0.5 * (lt - lam[i - 1]) / h
+                d = (1 + 1 / (2 * r)) * x_hat - x_prev / (2 * r)
+            z = (s_s / s_t) * z - a_s * math.expm1(-h) * d
+            x_prev = x_hat
+    return z
+
+
+def heun(model: Model, parameterization: Parameterization, noise: Tensor, logsnrs: Tensor | Sequence[float], *,
+         generators: Sequence[torch.Generator] | None = None, labels: Tensor | None = None,
+         guidance: float = 0.0, null_label: NullLabel = None, callback: Callback = None,
+         s_churn: float = 0.0, s_min: float = 0.0, s_max: float = math.inf, s_noise: float = 1.0) -> Tensor:
+    r"""EDM22 Algorithm 2 in x̃ = z/α with σ = σ_VE = e^{−λ/2}: the ODE dx̃/dσ = (x̃ − D(x̃; σ))/σ (= ε̂)
+    by Heun's method between grid points and an Euler step to σ = 0 from the last (which returns D).
+
+    Churn: at σ_i ∈ [s_min, s_max], γ = min(s_churn/N, √2 − 1) and x̃ gains noise of std
+    √(σ̂² − σ_i²)·s_noise, σ̂ = (1 + γ)σ_i, before the step from σ̂; s_churn = 0 (default) is deterministic."""
+    lam = _grid(logsnrs)
+    n = len(lam)
+    sig = [math.exp(-0.5 * v) for v in lam]
+
+    def denoise(x_tilde: Tensor, sigma: float) -> Tensor:
+        logsnr = -2.0 * math.log(sigma)
+        alpha = _ab(logsnr)[0]
+        return _denoise(model, parameterization, alpha * x_tilde, logsnr, labels, guidance, null_label)
+
+    x = sig[0] * noise
+    for i in range(n):
+        z_in = _ab(lam[i])[0] * x
+        gamma = min(s_churn / n, math.sqrt(2.0) - 1.0) if s_min <= sig[i] <= s_max else 0.0
+        sigma_hat = sig[i] * (1.0 + gamma)
+        if gamma > 0:
+            x = x + math.sqrt(sigma_hat**2 - sig[i] ** 2) * s_noise * _randn_like(x, generators)
+        d_hat = denoise(x, sigma_hat)
+        _report(callback, i, n, lam[i], z_in, d_hat)
+        if i + 1 == n:
+            x = d_hat  # Euler step to σ = 0: x + (0 − σ̂)(x − D)/σ̂ = D
+        else:
+            d = (x - d_hat) / sigma_hat
+            x_next = x + (sig[i + 1] - sigma_hat) * d
+            d_next = (x_next - denoise(x_next, sig[i + 1])) / sig[i + 1]
+            x = x + (sig[i + 1] - sigma_hat) * (0.5 * d + 0.5 * d_next)
+    return x
+
+
+def _report(callback, index: int, total: int, logsnr: float, z: Tensor, x_hat: Tensor) -> None:
+    if callback is not None:
+        callback(Step(index=index, total=total, logsnr=logsnr, z=z, x_hat=x_hat))
+
+
+REGISTRY: Registry[Callable[..., Tensor]] = Registry("sampler")
+REGISTRY.add("ancestral", lambda: ancestral, "ancestral / DDPM sampling in λ (stochastic)")
+REGISTRY.add("ddim", lambda: ddim, "DDIM, η = 0 (deterministic)")
+REGISTRY.add("heun", lambda: heun, "EDM22 Algorithm 2: Heun's method with optional churn")
+REGISTRY.add("dpmpp-2m", lambda: dpmpp_2m, "DPM-Solver++(2M), multistep second order (deterministic)")
+
+
+def get(name: str) -> Callable[..., Tensor]:
+    """A sampler function by registry name (``ancestral``, ``ddim``, ``heun``, ``dpmpp-2m``)."""
+    return REGISTRY.get(name)
+
+
+def names() -> list[str]:
+    return REGISTRY.names()
