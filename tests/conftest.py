@@ -5,7 +5,7 @@ import os
 import torch
 from hypothesis import HealthCheck, settings
 
-torch.set_num_threads(int(os.environ.get("DIFFOBJ_TEST_THREADS", "2")))
+torch.set_num_threads(int(os.environ.get("DIFFOBJ_TEST_THREADS", "1")))
 
 settings.register_profile(
     "default", deadline=None, max_examples=40, suppress_health_check=[HealthCheck.too_slow]
