@@ -20,7 +20,7 @@ import datetime as _dt
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,10 +31,17 @@ from .elbo import elbo as _elbo
 from .errors import OptionError
 from .registry import Registry
 
-__all__ = ["SampleSettings", "GRIDS", "sampling_grid", "generate", "elbo_summary", "evaluate", "METRICS",
-           "parse_seeds", "default_extractor"]
+if TYPE_CHECKING:
+    from .metrics import Extractor
+
+__all__ = ["SampleSettings", "GRIDS", "sampling_grid", "generate", "elbo_summary", "elbo_examples", "evaluate",
+           "METRICS", "parse_seeds", "default_extractor", "dataset_split", "extract_features", "Bar"]
 
 METRICS = ("fd", "kid", "coverage", "toy", "bpd", "loss-std")
+
+# A progress-bar factory: ``bar(description, total)`` returns an object with ``update(k)`` and ``close()``
+# (e.g. ``functools.partial(tqdm, file=sys.stderr)`` called as ``tqdm(desc=..., total=...)``).
+Bar = Callable[[str, int], Any]
 
 GRIDS: Registry[Callable[[int], Tensor]] = Registry("sampling grid")
 GRIDS.add("edm", lambda: samplers.grid_edm, "EDM22's ρ = 7 grid, σ from 80 to 0.002")
@@ -47,7 +54,11 @@ GRIDS.add("uniform-logsnr", lambda: (lambda steps: samplers.grid_uniform_logsnr(
 
 def sampling_grid(name: str, steps: int) -> Tensor:
     """The increasing λ-grid ``name`` (``edm``, ``cosine``, ``uniform-logsnr``) with ``steps`` points."""
-    return GRIDS.get(name)(steps)
+    grid = GRIDS.get(name)
+    try:
+        return grid(steps)
+    except ValueError as exc:  # e.g. fewer than 2 points
+        raise OptionError(f"--steps {steps}: {exc}") from None
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -105,6 +116,8 @@ def generate(loaded, seeds: Sequence[int], settings: SampleSettings = SampleSett
     data_shape = _data_shape(loaded)
     conditional = _conditional(loaded)
     num_classes = int(loaded.model.null_label) if conditional else 0
+    if settings.guidance and not conditional:
+        raise OptionError("--guidance needs a class-conditional model")
     device = next(loaded.model.parameters()).device
     out, out_labels = [], []
     seeds = [int(s) for s in seeds]
@@ -116,8 +129,6 @@ def generate(loaded, seeds: Sequence[int], settings: SampleSettings = SampleSett
         kwargs: dict[str, Any] = {"labels": labels}
         if conditional:
             kwargs.update(guidance=settings.guidance, null_label=num_classes)
-        elif settings.guidance:
-            raise OptionError("--guidance needs a class-conditional model")
         if settings.sampler == "ancestral":
             kwargs["generators"] = gens
         x = sample_fn(loaded.model, loaded.objective.parameterization, noise, grid, **kwargs)
@@ -146,6 +157,46 @@ def _is_image(loaded) -> bool:
     return loaded.config.data.name not in ("ring", "grid", "anisotropic")
 
 
+def dataset_split(loaded, split: str):
+    """The dataset of ``loaded`` with ``split`` (``train``/``test``). Datasets without splits (``folder``,
+    ``npz``, ``edm-zip``) have only their training data: ``split="train"`` gives it, other splits are an
+    :class:`OptionError`."""
+    from . import data
+
+    name = loaded.config.data.name
+    if "split" in data.REGISTRY.parameters(name):
+        return loaded.dataset(split=split)
+    if split == "train":
+        return loaded.dataset()
+    raise OptionError(f"dataset {name!r} has no {split!r} split (it has no splits); use --split train")
+
+
+def elbo_examples(loaded, split: str = "test", n: int = 256) -> tuple[Tensor, Tensor | None, int | None]:
+    """The examples the ELBO is evaluated on: ``min(n, len(split))`` examples of ``split`` chosen by a fixed
+    permutation (seed 0), so ``evaluate``'s ``bpd`` and ``diffobj elbo`` use the same ones. Returns
+    (x ``[n, ...]``, labels ``[n]`` or None, levels K or None)."""
+    if n < 1:
+        raise OptionError(f"--n must be a positive number of examples, got {n}")
+    held_out = dataset_split(loaded, split)
+    idx = torch.randperm(len(held_out), generator=torch.Generator().manual_seed(0))[: min(n, len(held_out))]
+    labels = held_out.labels[idx] if held_out.labels is not None else None
+    return held_out.data[idx], labels, held_out.levels
+
+
+def extract_features(ext, x: Tensor, bar: Bar | None = None) -> np.ndarray:
+    """``ext(x)`` in chunks of whole extractor batches (so the features equal one call's), with a bar."""
+    if bar is None:
+        return ext(x)
+    chunk = ext.batch_size * max(1, 1024 // ext.batch_size)
+    progress = bar(f"features ({ext.name})", x.shape[0])
+    out = []
+    for i in range(0, x.shape[0], chunk):
+        out.append(ext(x[i:i + chunk]))
+        progress.update(min(chunk, x.shape[0] - i))
+    progress.close()
+    return np.concatenate(out) if out else np.zeros((0, ext.dim))
+
+
 def default_extractor(dataset_name: str) -> str:
     """The feature extractor used for FD/KID on ``dataset_name``: the project's classifier where one
     exists, Inception otherwise."""
@@ -154,31 +205,53 @@ def default_extractor(dataset_name: str) -> str:
 
 
 def elbo_summary(loaded, x: Tensor, levels: int | None, *, samples: int = 32, seed: int = 0,
-                 labels: Tensor | None = None, batch_size: int = 4096) -> tuple[dict[str, Any], Any]:
-    """The −ELBO of ``x`` under ``loaded`` with the library's :func:`~diffusion_objectives.elbo`, reduced
-    to means with standard errors (bits/dim for discrete data, nats for continuous), and the raw result."""
+                 labels: Tensor | None = None, batch_size: int = 4096, bar: Bar | None = None
+                 ) -> tuple[dict[str, Any], Any]:
+    """The −ELBO of ``x`` under ``loaded`` with the library's :func:`~diffusion_objectives.elbo` (``samples``
+    λ-draws per example in 8 antithetic replicates, generator seeded with ``seed``), reduced to means over
+    the examples (bits/dim for discrete data, nats per example for continuous data), and the raw result.
+
+    ``se`` is the standard error of the mean as an estimate of the expected −ELBO over the data: the
+    spread of the per-example estimates over √n (it already contains their Monte-Carlo noise);
+    ``mc_se`` is the Monte-Carlo part alone, √(Σ se_i²)/n (the error for exactly these examples).
+    ``bar`` counts the network evaluations (it does not change the numbers)."""
+    if samples < 8 or samples % 8:
+        raise OptionError(f"--samples (λ-draws per example) must be a positive multiple of 8, got {samples}")
     labels = labels if _conditional(loaded) else None
-    gen = torch.Generator().manual_seed(seed)
-    res = _elbo(loaded.model, loaded.objective.parameterization, x, levels, samples=samples, generator=gen,
+    device = next(loaded.model.parameters()).device
+    x = x.to(device)
+    labels = labels.to(device) if labels is not None else None
+    gen = torch.Generator(device=device).manual_seed(seed)
+    model = loaded.model
+    if bar is not None:
+        progress = bar(f"ELBO ({x.shape[0]} examples x {samples} draws)", x.shape[0] * samples)
+
+        def model(z: Tensor, *a: Any) -> Tensor:
+            progress.update(z.shape[0])
+            return loaded.model(z, *a)
+    res = _elbo(model, loaded.objective.parameterization, x, levels, samples=samples, generator=gen,
                 batch_size=batch_size, labels=labels)
+    if bar is not None:
+        progress.close()
     n = x.shape[0]
     scale = 1.0 / (res.dims * math.log(2.0)) if levels is not None else 1.0
     unit = "bits/dim" if levels is not None else "nats"
 
-    def mean_se(v: Tensor, se: Tensor) -> tuple[float, float]:
-        # spread over examples plus the Monte-Carlo error within each example
-        between = float(v.std()) / math.sqrt(n) if n > 1 else 0.0
-        within = float(torch.sqrt((se**2).sum())) / n
-        return float(v.mean()) * scale, math.hypot(between, within) * scale
+    def mean_se(v: Tensor, se: Tensor) -> tuple[float, float, float]:
+        v, se = v.double().cpu(), se.double().cpu()
+        within = float(torch.sqrt((se**2).sum())) / n  # Monte-Carlo error of the mean over these examples
+        between = float(v.std()) / math.sqrt(n) if n > 1 else within  # includes the Monte-Carlo noise
+        return float(v.mean()) * scale, between * scale, within * scale
 
-    total, total_se = mean_se(res.total, res.total_se)
+    total, total_se, total_mc_se = mean_se(res.total, res.total_se)
     summary = {
-        "unit": unit, "value": total, "se": total_se, "n_examples": n, "levels": levels,
+        "unit": unit, "value": total, "se": total_se, "mc_se": total_mc_se, "n_examples": n, "levels": levels,
+        "samples": samples,
         "prior": mean_se(res.prior, res.prior_se)[0], "reconstruction": mean_se(res.reconstruction,
                                                                                 res.reconstruction_se)[0],
         "diffusion": mean_se(res.diffusion, res.diffusion_se)[0], "nfe_per_example": res.nfe,
         "per_logsnr_bin": {"edges": res.bin_edges.tolist(),
-                           "diffusion": (res.diffusion_bins.mean(0) * scale).tolist()},
+                           "diffusion": (res.diffusion_bins.double().mean(0).cpu() * scale).tolist()},
         "seed": seed,
     }
     return summary, res
@@ -186,8 +259,11 @@ def elbo_summary(loaded, x: Tensor, levels: int | None, *, samples: int = 32, se
 
 def _loss_std(loaded, x: Tensor, labels: Tensor | None, seed: int) -> dict[str, Any]:
     loss = loaded.objective.loss()
-    gen = torch.Generator().manual_seed(seed)
     model = loaded.model
+    device = next(model.parameters()).device
+    x = x.to(device)
+    labels = labels.to(device) if labels is not None else None
+    gen = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         if labels is not None and _conditional(loaded):
             vals = loss(model, x, gen, labels=labels).loss
@@ -200,16 +276,18 @@ def _loss_std(loaded, x: Tensor, labels: Tensor | None, seed: int) -> dict[str, 
 
 def evaluate(loaded, metrics: Sequence[str] = ("fd", "kid", "bpd"), *, n: int = 1000,
              seeds: Sequence[int] | None = None, settings: SampleSettings = SampleSettings(),
-             split: str = "test", n_elbo: int = 256, elbo_samples: int = 32, extractor: str | None = None,
+             split: str = "test", n_elbo: int = 256, elbo_samples: int = 32, extractor: str | Extractor | None = None,
              reference=None, batch_size: int = 256, samples: Tensor | None = None,
-             sample_labels: Tensor | None = None, progress: Callable[[str], None] | None = None
-             ) -> dict[str, Any]:
+             sample_labels: Tensor | None = None, progress: Callable[[str], None] | None = None,
+             bar: Bar | None = None) -> dict[str, Any]:
     """Evaluate ``loaded`` on ``metrics`` and return a JSON-able dict with the provenance of every number.
 
     ``n`` samples with ``seeds`` (default 0 … n−1) are drawn with ``settings`` unless ``samples`` are
     given; ``split`` is the dataset split for bits/dim and the loss spread (``n_elbo`` examples,
     ``elbo_samples`` λ-draws each); FD/KID compare with the training split (or ``reference``, an .npz of
-    ``mu``/``sigma``) on ``extractor`` features (default :func:`default_extractor`)."""
+    ``mu``/``sigma``) on ``extractor`` features (a registry name or an extractor object; default
+    :func:`default_extractor`). ``progress`` receives one line per stage, ``bar`` (see :data:`Bar`) shows
+    the progress of sampling and feature extraction."""
     from . import metrics as M
 
     unknown = [m for m in metrics if m not in METRICS]
@@ -221,6 +299,21 @@ def evaluate(loaded, metrics: Sequence[str] = ("fd", "kid", "bpd"), *, n: int = 
             raise OptionError("metric 'toy' is for 2-D toy data; use fd, kid or coverage for images")
         if not image and m in ("fd", "kid", "coverage"):
             raise OptionError(f"metric {m!r} is for image data; use 'toy' for 2-D toy data")
+    # everything that can fail on the options is checked before any sampling
+    ext = ref = None
+    if any(m in metrics for m in ("fd", "kid", "coverage")):
+        if isinstance(extractor, M.Extractor):
+            ext = extractor
+        else:
+            ext = M.get_extractor(extractor or default_extractor(loaded.config.data.name))
+        if "coverage" in metrics and not isinstance(ext, M.ClassifierExtractor):
+            raise OptionError("metric 'coverage' needs a classifier extractor (digits or fashion-mnist)")
+    if reference is not None and ("fd" in metrics or "kid" in metrics):
+        if "kid" in metrics:
+            raise OptionError("metric 'kid' needs reference features, not only statistics: leave the "
+                              "reference unset (or evaluate fd alone against it)")
+        ref = reference if isinstance(reference, M.Reference) else M.load_reference(reference)
+        M.results._compatible(ref, ext)  # same feature dimension and extractor
     say = progress or (lambda msg: None)
     seeds = list(range(n)) if seeds is None else [int(s) for s in seeds]
     result: dict[str, Any] = {
@@ -233,58 +326,58 @@ def evaluate(loaded, metrics: Sequence[str] = ("fd", "kid", "bpd"), *, n: int = 
     if needs_samples:
         if samples is None:
             say(f"sampling {len(seeds)} with {settings.sampler}, {settings.steps} steps")
-            samples, sample_labels = generate(loaded, seeds, settings, batch_size=batch_size)
-        result["sampling"] = {**settings.as_dict(), "n": int(samples.shape[0]),
+            hook = None
+            if bar is not None:
+                sample_bar = bar(f"sampling ({settings.sampler}, {settings.steps} steps)", len(seeds))
+                done = [0]
+
+                def hook(k: int, total: int) -> None:
+                    sample_bar.update(k - done[0])
+                    done[0] = k
+            samples, sample_labels = generate(loaded, seeds, settings, batch_size=batch_size, progress=hook)
+            if bar is not None:
+                sample_bar.close()
+        elif len(seeds) < samples.shape[0]:
+            raise OptionError(f"{samples.shape[0]} samples but only {len(seeds)} seeds")
+        # the weights actually used are those of ``loaded``, whatever ``settings.ema`` says
+        result["sampling"] = {**settings.as_dict(), "ema": loaded.ema, "n": int(samples.shape[0]),
                               "seeds": M.results.format_seeds(seeds[: samples.shape[0]])}
-    train = loaded.dataset(split="train") if needs_samples else None
+    train = dataset_split(loaded, "train") if needs_samples else None
     if image and needs_samples:
         levels = train.levels
         if levels is not None:  # samples are written as K-level images: measure those
             from .data import dequantize, quantize
             samples = dequantize(quantize(samples, levels), levels).float()
-    if any(m in metrics for m in ("fd", "kid", "coverage")):
-        name = extractor or default_extractor(loaded.config.data.name)
-        ext = M.get_extractor(name)
+    if ext is not None:
         say(f"features ({ext.name})")
-        feats = ext(samples)
+        feats = extract_features(ext, samples, bar)
         if "fd" in metrics or "kid" in metrics:
-            if reference is None:
-                ref_feats = ext(train.data)
+            ref_feats = None
+            if ref is None:
+                ref_feats = extract_features(ext, train.data, bar)
                 mu, sigma = M.feature_statistics(ref_feats)
                 ref = M.Reference(mu=mu, sigma=sigma, path=f"<{loaded.config.data.name} train split>",
                                   checksum="", meta={"extractor": ext.name, "extractor_checksum": ext.checksum,
                                                      "n_samples": str(ref_feats.shape[0])})
-            else:
-                ref = reference if isinstance(reference, M.Reference) else M.load_reference(reference)
-                ref_feats = None
             if "fd" in metrics:
                 mu, sigma = M.feature_statistics(feats)
                 value = M.frechet_distance(mu, sigma, ref.mu, ref.sigma)
                 result["metrics"]["fd"] = M.fd_result(value, n_samples=feats.shape[0], extractor=ext,
                                                       reference=ref, seeds=seeds[: feats.shape[0]]).as_dict()
             if "kid" in metrics:
-                if ref_feats is None:
-                    raise OptionError("metric 'kid' needs reference features, not only statistics: "
-                                      "leave the reference unset")
                 k = M.kid(feats, ref_feats, subset_size=min(1000, feats.shape[0], ref_feats.shape[0]))
                 result["metrics"]["kid"] = {"mean": k.mean, "std": k.std, "extractor": ext.name,
                                             "extractor_checksum": ext.checksum, "n_samples": int(feats.shape[0])}
         if "coverage" in metrics:
-            if not isinstance(ext, M.ClassifierExtractor):
-                raise OptionError("metric 'coverage' needs a classifier extractor (digits or fashion-mnist)")
             result["metrics"]["coverage"] = M.class_coverage(samples, ext, labels=sample_labels).as_dict()
     if "toy" in metrics:
         mixture = loaded.dataset(**_small(loaded)).mixture
         result["metrics"]["toy"] = M.toy_metrics(samples, mixture, seed=10_000 + seeds[0]).as_dict()
     if "bpd" in metrics or "loss-std" in metrics:
-        held_out = loaded.dataset(split=split)
-        g = torch.Generator().manual_seed(0)
-        idx = torch.randperm(len(held_out), generator=g)[: min(n_elbo, len(held_out))]
-        x = held_out.data[idx]
-        labels = held_out.labels[idx] if held_out.labels is not None else None
+        x, labels, levels = elbo_examples(loaded, split, n_elbo)
         if "bpd" in metrics:
-            say(f"ELBO on {len(idx)} {split} examples")
-            summary, _ = elbo_summary(loaded, x, held_out.levels, samples=elbo_samples, labels=labels)
+            say(f"ELBO on {x.shape[0]} {split} examples")
+            summary, _ = elbo_summary(loaded, x, levels, samples=elbo_samples, labels=labels, bar=bar)
             result["metrics"]["bpd"] = {**summary, "split": split}
         if "loss-std" in metrics:
             result["metrics"]["loss-std"] = {**_loss_std(loaded, x, labels, seed=1), "split": split}

@@ -11,12 +11,16 @@ from collections.abc import Sequence
 
 from ..errors import OptionError
 from . import compare as _compare
+from . import elbo as _elbo
+from . import evaluate as _evaluate
+from . import fid_ref as _fid_ref
+from . import sample as _sample
 from . import train as _train
 from . import weightings as _weightings
 
 __all__ = ["main", "build_parser"]
 
-COMMANDS = [_weightings, _train, _compare]
+COMMANDS = [_weightings, _train, _sample, _elbo, _evaluate, _fid_ref, _compare]
 
 
 class _Parser(argparse.ArgumentParser):

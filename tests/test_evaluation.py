@@ -1,0 +1,219 @@
+"""The evaluation protocol (evaluation.py) on tiny trained checkpoints: per-seed sampling, the ELBO summary
+re-derived from a direct ``elbo()`` call, provenance, and the errors for unknown or mismatched metrics."""
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from diffusion_objectives import evaluation as E
+from diffusion_objectives import metrics as M
+from diffusion_objectives.cli import main
+from diffusion_objectives.elbo import elbo
+from diffusion_objectives.errors import OptionError
+from diffusion_objectives.training import load_for_inference
+
+COMMON = ["--no-progress", "--set", "run.sample_every=0", "--set", "run.device=cpu", "--set", "optim.warmup_images=0"]
+TOY = ["--preset", "toy2d", "--steps", "60", "--batch-size", "128", "--set", "data.n=4096",
+       "--set", "network.params.hidden=32", "--set", "ema.half_life_images=2000"]
+DIGITS = ["--preset", "digits", "--steps", "6", "--batch-size", "16", "--set", "network.params.channels=8",
+          "--set", "ema.half_life_images=200"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluation")
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    for name, args in (("toy", TOY), ("digits", DIGITS)):
+        assert main(["train", "--out", str(root / name), *args, *COMMON]) == 0
+    yield {name: load_for_inference(root / name) for name in ("toy", "digits")}
+    torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("name", ["toy", "digits"])
+@pytest.mark.parametrize("sampler", ["heun", "ancestral"])
+def test_generate_is_per_seed_and_deterministic(runs, name, sampler):
+    loaded = runs[name]
+    settings = E.SampleSettings(sampler, 6)
+    seeds = [7, 3, 11, 0, 5]
+    full, labels = E.generate(loaded, seeds, settings, batch_size=16)
+    again, _ = E.generate(loaded, seeds, settings, batch_size=16)
+    assert torch.equal(full, again)  # deterministic
+    small, small_labels = E.generate(loaded, seeds, settings, batch_size=2)
+    torch.testing.assert_close(small, full, rtol=1e-5, atol=1e-5)  # batch size does not matter
+    alone, _ = E.generate(loaded, [11], settings)
+    torch.testing.assert_close(alone[0], full[2], rtol=1e-5, atol=1e-5)  # nor do the other seeds
+    assert torch.isfinite(full).all()
+    if name == "digits":  # class-conditional: label = seed mod C, images clamped to [−1, 1]
+        assert labels.tolist() == [s % 10 for s in seeds] and torch.equal(small_labels, labels)
+        assert full.shape == (5, 1, 8, 8) and full.abs().max() <= 1.0
+    else:
+        assert labels is None and full.shape == (5, 2)
+
+
+def test_guidance_needs_a_conditional_model(runs):
+    with pytest.raises(OptionError, match="class-conditional"):
+        E.generate(runs["toy"], [0], E.SampleSettings(guidance=1.0))
+    x, _ = E.generate(runs["digits"], [0, 1], E.SampleSettings("ddim", 4, guidance=1.0))
+    assert torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize("name", ["toy", "digits"])
+def test_elbo_summary_is_a_direct_elbo_call_reduced(runs, name):
+    loaded = runs[name]
+    x, labels, levels = E.elbo_examples(loaded, "test", 24)
+    summary, res = E.elbo_summary(loaded, x, levels, samples=16, seed=3, labels=labels)
+    cond = labels if name == "digits" else None
+    direct = elbo(loaded.model, loaded.objective.parameterization, x, levels, samples=16,
+                  generator=torch.Generator().manual_seed(3), labels=cond)
+    torch.testing.assert_close(res.total, direct.total, rtol=0, atol=0)
+    d = x[0].numel()
+    scale = 1 / (d * math.log(2)) if levels is not None else 1.0
+    total = direct.total.double()
+    assert summary["unit"] == ("bits/dim" if levels else "nats")
+    assert summary["value"] == pytest.approx(float(total.mean()) * scale, rel=1e-12)
+    assert summary["se"] == pytest.approx(float(total.std()) / math.sqrt(24) * scale, rel=1e-9)
+    assert summary["mc_se"] == pytest.approx(float(direct.total_se.double().square().sum().sqrt()) / 24 * scale,
+                                             rel=1e-9)
+    for term in ("prior", "reconstruction", "diffusion"):
+        assert summary[term] == pytest.approx(float(getattr(direct, term).double().mean()) * scale, rel=1e-9,
+                                              abs=1e-12)
+    bins = summary["per_logsnr_bin"]
+    assert bins["edges"] == direct.bin_edges.tolist()
+    assert sum(bins["diffusion"]) == pytest.approx(summary["diffusion"], rel=1e-6)
+    assert summary["value"] == pytest.approx(summary["prior"] + summary["reconstruction"] + summary["diffusion"])
+
+
+def test_elbo_summary_checks_samples(runs):
+    x, _, levels = E.elbo_examples(runs["toy"], "test", 4)
+    with pytest.raises(OptionError, match="multiple of 8"):
+        E.elbo_summary(runs["toy"], x, levels, samples=12)
+
+
+def test_elbo_examples_are_a_fixed_subset(runs):
+    x1, l1, k1 = E.elbo_examples(runs["digits"], "test", 10)
+    x2, l2, _ = E.elbo_examples(runs["digits"], "test", 10)
+    assert torch.equal(x1, x2) and torch.equal(l1, l2) and k1 == 17
+    test = runs["digits"].dataset(split="test")
+    idx = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:10]
+    assert torch.equal(x1, test.data[idx])
+    xa, _, _ = E.elbo_examples(runs["digits"], "test", 10_000)
+    assert xa.shape[0] == len(test)  # capped at the split
+
+
+def test_dataset_split_for_data_without_splits():
+    fake = SimpleNamespace(config=SimpleNamespace(data=SimpleNamespace(name="npz")), dataset=lambda **kw: kw)
+    assert E.dataset_split(fake, "train") == {}
+    with pytest.raises(OptionError, match="no 'test' split"):
+        E.dataset_split(fake, "test")
+
+
+def test_evaluate_toy_is_finite_with_provenance(runs):
+    loaded = runs["toy"]
+    r = E.evaluate(loaded, ["toy", "bpd", "loss-std"], n=200, settings=E.SampleSettings("heun", 8), n_elbo=32,
+                   elbo_samples=8)
+    assert r["checkpoint"] == str(loaded.checkpoint_dir) and r["step"] == 60 and r["dataset"] == "ring"
+    assert r["ema"] is True and r["objective"] == "sigmoid"
+    assert r["sampling"] == {"sampler": "heun", "steps": 8, "grid": "edm", "guidance": 0.0, "ema": True,
+                             "n": 200, "seeds": "0-199"}
+    t = r["metrics"]["toy"]
+    assert all(math.isfinite(t[k]) for k in ("cross_entropy", "entropy", "sliced_wasserstein", "mmd"))
+    assert t["n_samples"] == 200
+    b = r["metrics"]["bpd"]
+    assert b["unit"] == "nats" and math.isfinite(b["value"]) and b["se"] > 0 and b["split"] == "test"
+    x, labels, levels = E.elbo_examples(loaded, "test", 32)  # the same examples and seed as elbo_summary's
+    summary, _ = E.elbo_summary(loaded, x, levels, samples=8, seed=0)
+    assert b["value"] == summary["value"]
+    assert r["metrics"]["loss-std"]["relative_std"] > 0
+    # samples given: the same numbers as when evaluate draws them itself
+    x, _ = E.generate(loaded, range(200), E.SampleSettings("heun", 8))
+    r2 = E.evaluate(loaded, ["toy"], n=200, settings=E.SampleSettings("heun", 8), samples=x)
+    assert r2["metrics"]["toy"] == t
+
+
+def test_evaluate_digits_is_finite(runs):
+    r = E.evaluate(runs["digits"], ["fd", "kid", "coverage"], n=64, settings=E.SampleSettings("ddim", 4))
+    fd, kid, cov = (r["metrics"][k] for k in ("fd", "kid", "coverage"))
+    assert math.isfinite(fd["value"]) and fd["value"] >= 0 and fd["extractor"] == "classifier-digits"
+    assert fd["seeds"] == "0-63" and fd["n_samples"] == 64 and "not an FID" in fd["label"]
+    assert math.isfinite(kid["mean"]) and kid["n_samples"] == 64
+    assert sum(cov["counts"]) == 64 and 0 <= cov["accuracy"] <= 1
+
+
+@pytest.mark.parametrize("name, metrics, match", [
+    ("toy", ["fd"], "image data"),
+    ("toy", ["coverage"], "image data"),
+    ("digits", ["toy"], "2-D toy data"),
+    ("toy", ["bpd", "nll"], "unknown metric"),
+])
+def test_metric_errors(runs, name, metrics, match):
+    with pytest.raises(OptionError, match=match):
+        E.evaluate(runs[name], metrics, n=4)
+
+
+def test_reference_of_other_features_is_refused(runs, tmp_path):
+    ref = M.save_reference(tmp_path / "ref.npz", np.zeros(5), np.eye(5))
+    with pytest.raises(OptionError, match="5-d"):
+        E.evaluate(runs["digits"], ["fd"], n=8, settings=E.SampleSettings("ddim", 3), reference=ref)
+    with pytest.raises(OptionError, match="kid.*needs reference features"):
+        E.evaluate(runs["digits"], ["kid"], n=8, settings=E.SampleSettings("ddim", 3), reference=ref)
+
+
+def test_extract_features_in_chunks_equals_one_call():
+    from diffusion_objectives import data
+
+    x = data.get("digits", split="train").data
+    ext = M.get_extractor("classifier-digits")
+    updates = []
+
+    class Bar:
+        def __init__(self, desc, total):
+            updates.append(total)
+
+        def update(self, k):
+            updates.append(k)
+
+        def close(self):
+            pass
+
+    np.testing.assert_array_equal(E.extract_features(ext, x, Bar), ext(x))
+    assert updates[0] == len(x) and sum(updates[1:]) == len(x)
+
+
+@pytest.mark.parametrize("text, seeds", [("0-3", [0, 1, 2, 3]), ("1,5,9-11", [1, 5, 9, 10, 11]), ("7", [7])])
+def test_parse_seeds(text, seeds):
+    assert E.parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize("text", ["", "a-b", "5-2", "-1"])
+def test_parse_seeds_errors(text):
+    with pytest.raises(OptionError, match="--seeds"):
+        E.parse_seeds(text)
+
+
+def test_progress_bars_count_the_work_without_changing_it(runs):
+    bars: dict[str, list[int]] = {}
+
+    class Bar:
+        def __init__(self, desc, total):
+            self.desc = desc
+            bars[desc] = [total]
+
+        def update(self, k):
+            bars[self.desc].append(k)
+
+        def close(self):
+            pass
+
+    loaded = runs["toy"]
+    kwargs = dict(n=40, settings=E.SampleSettings("heun", 4), n_elbo=16, elbo_samples=8, batch_size=16)
+    with_bar = E.evaluate(loaded, ["toy", "bpd"], bar=Bar, **kwargs)
+    without = E.evaluate(loaded, ["toy", "bpd"], **kwargs)
+    assert with_bar["metrics"] == without["metrics"]
+    sampling = next(v for k, v in bars.items() if k.startswith("sampling"))
+    elbo_bar = next(v for k, v in bars.items() if k.startswith("ELBO"))
+    assert sampling[0] == 40 and sum(sampling[1:]) == 40 and len(sampling) == 4  # batches of 16, 16, 8
+    assert elbo_bar[0] == 16 * 8 and sum(elbo_bar[1:]) == 16 * 8
