@@ -102,3 +102,39 @@ def test_default_study_grid_is_the_papers():
     for preset in S.STUDY_PRESETS:
         for entry in S.study_preset(preset).grid:
             S.run_config(S.study_preset(preset), S.parse_entry(entry), 0)  # every config resolves
+
+
+def test_workers_die_with_the_study_process(tmp_path):
+    """Killing ``compare`` must not leave training workers running (PR_SET_PDEATHSIG on Linux)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("parent-death signal is Linux-only")
+    cmd = [sys.executable, "-m", "diffusion_objectives", "compare", "--grid", "edm,elbo", "--seeds", "0",
+           "--steps", "100000", "--jobs", "2", "--out", str(tmp_path)] + [a for o in TINY for a in ("--set", o)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and len(list(tmp_path.glob("runs/*/seed-0/stats.jsonl"))) < 2:
+            time.sleep(0.5)
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert len(children) >= 2
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.time() + 30
+        while time.time() < deadline and any(os.path.exists(f"/proc/{c}") and
+                                             "Z" not in open(f"/proc/{c}/stat").read().split()[2]
+                                             for c in children):
+            time.sleep(0.2)
+        alive = [c for c in children if os.path.exists(f"/proc/{c}")
+                 and open(f"/proc/{c}/stat").read().split()[2] != "Z"]
+        assert not alive, f"workers still running: {alive}"
+    finally:  # whatever happened, leave nothing of this test running
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

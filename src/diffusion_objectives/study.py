@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -252,6 +253,20 @@ def _worker(args: tuple[StudyConfig, GridEntry, int, str]) -> dict[str, Any]:
     return run_one(*args)
 
 
+def _die_with_parent() -> None:
+    """Pool initializer: on Linux, have the kernel send SIGTERM to this worker when the study process dies,
+    so an interrupted ``compare`` leaves no training behind (the run resumes on the next invocation)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except OSError:
+        pass
+
+
 def run_study(study: StudyConfig, out: str | Path, *, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every (entry, seed) of ``study`` under ``out`` and write the report; returns the results."""
     from . import report
@@ -276,7 +291,8 @@ def run_study(study: StudyConfig, out: str | Path, *, say: Callable[[str], None]
     else:
         import multiprocessing as mp
 
-        with ProcessPoolExecutor(max_workers=study.jobs, mp_context=mp.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(max_workers=study.jobs, mp_context=mp.get_context("spawn"),
+                                 initializer=_die_with_parent) as pool:
             futures = {pool.submit(_worker, t): t for t in tasks}
             for i, fut in enumerate(as_completed(futures)):
                 task = futures[fut]
