@@ -154,13 +154,14 @@ def _digits() -> StudyConfig:
 
 def _fashion() -> StudyConfig:
     return StudyConfig(
-        preset="fashion-mnist", overrides=["run.checkpoint_every=1000", "run.sample_every=0"], steps=4000,
-        batch_size=64, grid=["elbo", "iddpm", "edm", "v-cosine", "flow-matching", "sigmoid:bias=-2",
-                             "sigmoid:bias=2", "edm-monotonic"], seeds=[0],
+        preset="fashion-mnist", overrides=["run.bf16=true", "run.checkpoint_every=250", "run.sample_every=0"],
+        steps=2000, batch_size=64, grid=["elbo", "iddpm", "edm", "v-cosine", "flow-matching", "sigmoid:bias=-2",
+                                         "sigmoid:bias=2", "edm-monotonic"], seeds=[0],
         evaluation=EvalProtocol(metrics=["fd", "kid", "coverage", "bpd", "loss-std"], n=1000, sampler="heun",
                                 steps=32, n_elbo=128, elbo_samples=16),
         jobs=2, threads=1,
-        description="Fashion-MNIST 28×28, the fashion-mnist U-Net, 4000 steps of 64 (a few CPU hours)")
+        description="Fashion-MNIST 28×28, the fashion-mnist U-Net (1.1 M parameters), 2000 steps of 64 with bf16 "
+                    "autocast: about 3 hours on 2 CPU cores")
 
 
 def _imagenet64() -> StudyConfig:
