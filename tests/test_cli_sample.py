@@ -14,22 +14,10 @@ from diffusion_objectives import evaluation as E
 from diffusion_objectives.cli import main
 from diffusion_objectives.training import load_for_inference
 
-COMMON = ["--no-progress", "--set", "run.sample_every=0", "--set", "run.device=cpu", "--set", "optim.warmup_images=0"]
-TOY = ["--preset", "toy2d", "--steps", "40", "--batch-size", "128", "--set", "data.n=4096",
-       "--set", "network.params.hidden=32", "--set", "ema.half_life_images=2000"]
-DIGITS = ["--preset", "digits", "--steps", "6", "--batch-size", "16", "--set", "network.params.channels=8",
-          "--set", "ema.half_life_images=200"]
-
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sample")
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    for name, args in (("toy", TOY), ("digits", DIGITS)):
-        assert main(["train", "--out", str(root / name), *args, *COMMON]) == 0
-    yield root
-    torch.set_num_threads(old)
+def runs(tiny_runs):
+    return tiny_runs
 
 
 def test_help_has_examples(capsys):

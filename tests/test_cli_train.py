@@ -17,14 +17,6 @@ TINY = ["--set", "data.n=512", "--set", "network.hidden=16", "--set", "network.d
         "--set", "optim.warmup_images=0", "--set", "run.device=cpu", "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_help_has_examples(capsys):
     with pytest.raises(SystemExit) as info:
         main(["train", "--help"])

@@ -15,14 +15,6 @@ TINY = ["data.n=2048", "network.hidden=32", "network.depth=2", "network.fourier_
         "run.device=cpu"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _state(step, value=1.0):
     model = {"w": torch.full((3, 4), value), "b": torch.arange(4.0)}
     ema = {"w": torch.full((3, 4), value / 2), "b": torch.zeros(4)}
