@@ -161,7 +161,7 @@ def _fashion() -> StudyConfig:
                                 steps=32, n_elbo=128, elbo_samples=16),
         jobs=2, threads=1,
         description="Fashion-MNIST 28×28, the fashion-mnist U-Net (1.1 M parameters), 2000 steps of 64 with bf16 "
-                    "autocast: about 3 hours on 2 CPU cores")
+                    "autocast: about 3.5 CPU-hours (under 2 hours on 2 cores)")
 
 
 def _imagenet64() -> StudyConfig:
