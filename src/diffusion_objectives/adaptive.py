@@ -42,10 +42,16 @@ class AdaptiveSchedule(Schedule):
         self.width = (self.logsnr_max - self.logsnr_min) / self.bins
         self.ema = torch.zeros(self.bins, dtype=torch.float64)  # Σ decay^k (1 − decay) m_k
         self.ema_weight = torch.zeros(self.bins, dtype=torch.float64)  # Σ decay^k (1 − decay): bias correction
+        self._q: Tensor | None = None  # bin probabilities, cached until the state changes
 
     # -- the density --------------------------------------------------------------------------------
     def bin_probabilities(self) -> Tensor:
         """q_i, the probability of each bin (float64, sums to 1)."""
+        if self._q is None:
+            self._q = self._bin_probabilities()
+        return self._q
+
+    def _bin_probabilities(self) -> Tensor:
         seen = self.ema_weight > 0
         if not bool(seen.any()):
             return torch.full((self.bins,), 1.0 / self.bins, dtype=torch.float64)
@@ -109,6 +115,7 @@ class AdaptiveSchedule(Schedule):
         d = self.decay
         self.ema = torch.where(seen, d * self.ema + (1 - d) * mean, self.ema)
         self.ema_weight = torch.where(seen, d * self.ema_weight + (1 - d), self.ema_weight)
+        self._q = None
 
     def update(self, logsnr: Tensor, weighted_loss: Tensor) -> None:
         """Record one step's per-example λ ``[B]`` and w(λ)·‖ε̂ − ε‖² ``[B]``."""
@@ -127,6 +134,7 @@ class AdaptiveSchedule(Schedule):
                                  f"expected ({self.bins},)")
         self.ema = state["ema"].to(torch.float64).clone()
         self.ema_weight = state["ema_weight"].to(torch.float64).clone()
+        self._q = None
 
     def params(self):
         return {"logsnr_min": self.logsnr_min, "logsnr_max": self.logsnr_max, "bins": self.bins,

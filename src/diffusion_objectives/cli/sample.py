@@ -268,7 +268,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=32, help="grid points (default 32; Heun makes 2·steps − 1 "
                                                          "network evaluations)")
     p.add_argument("--grid", default=None, choices=GRIDS.names(),
-                   help="λ-grid (default: edm for heun and dpmpp-2m, cosine otherwise)")
+                   help="λ-grid (default: edm for every sampler)")
     p.add_argument("--n", type=int, default=None, help="number of samples, seeds 0 … n−1 (default 64)")
     p.add_argument("--seeds", default=None, help="seeds, e.g. 0-63 or 1,5,9-11 (must agree with --n)")
     p.add_argument("--batch-size", type=int, default=256, help="samples per network batch (default 256; "
