@@ -195,6 +195,39 @@ def test_heun_is_edm_algorithm_2(churn, param):
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
 
 
+def test_edm_stochastic_is_edms_imagenet64_setting():
+    """The named setting holds EDM's published ImageNet-64 sampler numbers (FID 1.36): 256 steps = 511
+    network evaluations, S_churn 40, S_min 0.05, S_max 50, S_noise 1.003."""
+    e = samplers.EDM_STOCHASTIC
+    assert (e.steps, e.nfe, e.s_churn, e.s_min, e.s_max, e.s_noise) == (256, 511, 40.0, 0.05, 50.0, 1.003)
+    assert samplers.get("edm-stochastic") is samplers.edm_stochastic
+    assert "edm-stochastic" in samplers.names() and "edm-stochastic" in samplers.STOCHASTIC
+
+
+@pytest.mark.parametrize("param", ["eps", "edm"])
+def test_edm_stochastic_is_edm_algorithm_2_with_churn(param):
+    """At EDM's N = 256 the named sampler equals the from-the-paper Algorithm 2 with S_churn 40, S_min 0.05,
+    S_max 50, S_noise 1.003 (γ = min(40/256, √2 − 1) = 0.156 inside [S_min, S_max]) and makes 511 evaluations."""
+    steps = 256
+    noise = samplers.seeded_noise([0, 1, 2], (2,), dtype=torch.float64)
+    sigmas = [(80 ** (1 / 7) + i / (steps - 1) * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7 for i in range(steps)]
+    expected = _edm_algorithm_2(noise, sigmas, samplers.seeded_generators([5, 6, 7]), s_churn=40.0, s_min=0.05,
+                                s_max=50.0, s_noise=1.003)
+    p = parameterizations.get(param)
+    denoiser, calls = MIX.denoiser(p), []
+
+    def model(z, logsnr, labels=None):
+        calls.append(1)
+        return denoiser(z, logsnr)
+
+    got = samplers.get("edm-stochastic")(model, p, noise, samplers.grid_edm(steps),
+                                         generators=samplers.seeded_generators([5, 6, 7]))
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
+    assert len(calls) == samplers.EDM_STOCHASTIC.nfe
+    deterministic = samplers.heun(MIX.denoiser(p), p, noise, samplers.grid_edm(steps))
+    assert (got - deterministic).abs().max() > 1e-3  # the churn acts
+
+
 # -- convergence order against the ODE oracle -------------------------------------------------------------------
 
 def _ode_reference(noise, lam_first, lam_last):

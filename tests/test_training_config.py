@@ -24,8 +24,21 @@ def test_presets_validate_and_build_their_objective(name):
 
 def test_gpu_preset_is_kg23_scale():
     cfg = config.preset("imagenet64-kg23")
-    assert cfg.run.batch_size == 2048 and cfg.run.bf16 and cfg.network.conditional
+    assert cfg.run.batch_size == 2048 and cfg.run.precision == "auto" and cfg.network.conditional
     assert cfg.loss.objective == "edm-monotonic" and cfg.loss.adaptive.enabled
+
+
+def test_gpu_preset_matches_edm_imagenet64_command():
+    """EDM22's published ImageNet-64 command, transcribed: --arch=adm --lr=1e-4 --ema=50 (Mimg)
+    --dropout=0.10, 2.5 Gimg (--duration=2500), no label dropout, no gradient clipping, Adam without weight
+    decay, EDM's default lr ramp-up 10 Mimg and EMA ramp-up ratio 0.05. Batch 2048 is KG23's (documented)."""
+    cfg = config.preset("imagenet64-kg23")
+    assert cfg.optim.lr == 1e-4 and cfg.optim.weight_decay == 0.0 and cfg.optim.grad_clip is None
+    assert cfg.optim.betas == (0.9, 0.999) and cfg.optim.warmup_images == 10_000_000
+    assert cfg.ema.half_life_images == 50e6 and cfg.ema.rampup_ratio == 0.05
+    assert cfg.network.label_dropout == 0.0 and cfg.network.params["dropout"] == 0.1
+    assert cfg.network.params["channels"] == 192
+    assert abs(cfg.run.steps * cfg.run.batch_size - 2.5e9) / 2.5e9 < 0.001
 
 
 @pytest.mark.parametrize("name", config.preset_names())
@@ -41,11 +54,11 @@ def test_yaml_round_trip(name, tmp_path):
 def test_overrides_typed_and_shorthand():
     cfg = config.apply_overrides(TrainConfig(), [
         "loss.weighting.bias=-2", "network.hidden=64", "data.n=1000", "optim.lr=1e-3", "optim.betas=[0.9, 0.99]",
-        "run.bf16=true", "optim.grad_clip=null", "ema.half_life_images=1000", "run.steps=1e3",
+        "run.precision=bf16", "optim.grad_clip=null", "ema.half_life_images=1000", "run.steps=1e3",
     ])
     assert cfg.loss.weighting.params == {"bias": -2}
     assert cfg.network.params["hidden"] == 64 and cfg.data.params["n"] == 1000
-    assert cfg.optim.lr == 1e-3 and cfg.optim.betas == (0.9, 0.99) and cfg.run.bf16 is True
+    assert cfg.optim.lr == 1e-3 and cfg.optim.betas == (0.9, 0.99) and cfg.run.precision == "bf16"
     assert cfg.optim.grad_clip is None
     assert isinstance(cfg.ema.half_life_images, float) and cfg.run.steps == 1000
     # explicit params path and removal with null

@@ -131,7 +131,7 @@ def generate(loaded, seeds: Sequence[int], settings: SampleSettings = SampleSett
         kwargs: dict[str, Any] = {"labels": labels}
         if conditional:
             kwargs.update(guidance=settings.guidance, null_label=num_classes)
-        if settings.sampler == "ancestral":
+        if settings.sampler in samplers.STOCHASTIC:
             kwargs["generators"] = gens
         x = sample_fn(loaded.model, loaded.objective.parameterization, noise, grid, **kwargs)
         out.append(x.float().cpu())
@@ -321,7 +321,8 @@ def evaluate(loaded, metrics: Sequence[str] = ("fd", "kid", "bpd"), *, n: int = 
     result: dict[str, Any] = {
         "checkpoint": str(loaded.checkpoint_dir), "step": loaded.step, "images_seen": loaded.images_seen,
         "objective": loaded.config.loss.objective, "dataset": loaded.config.data.name,
-        "ema": loaded.ema, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "ema": loaded.ema, "training_precision": loaded.config.run.precision,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__, "metrics": {},
     }
     needs_samples = any(m in metrics for m in ("fd", "kid", "coverage", "toy"))

@@ -154,7 +154,7 @@ def _digits() -> StudyConfig:
 
 def _fashion() -> StudyConfig:
     return StudyConfig(
-        preset="fashion-mnist", overrides=["run.bf16=true", "run.checkpoint_every=250", "run.sample_every=0"],
+        preset="fashion-mnist", overrides=["run.precision=auto", "run.checkpoint_every=250", "run.sample_every=0"],
         steps=2000, batch_size=64, grid=["elbo", "iddpm", "edm", "v-cosine", "flow-matching", "sigmoid:bias=-2",
                                          "sigmoid:bias=2", "edm-monotonic"], seeds=[0],
         evaluation=EvalProtocol(metrics=["fd", "kid", "coverage", "bpd", "loss-std"], n=1000, sampler="heun",

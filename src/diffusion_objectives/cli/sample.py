@@ -1,6 +1,6 @@
 """``diffobj sample``: draw samples from a trained checkpoint, one seed per sample (EDM's ``--seeds``).
 
-Sample i depends only on seed i (its initial noise and, for the ancestral sampler, its own generator), so
+Sample i depends only on seed i (its initial noise and, for a stochastic sampler, its own generator), so
 any ``--batch-size`` gives the same samples; a class-conditional model draws seed i with label i mod C.
 
 Writes into --out (created if needed; files of the same name are replaced atomically, other files are
@@ -53,6 +53,7 @@ def add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
                    help="a run directory (its newest complete checkpoint), its checkpoints/ directory or one "
                         "checkpoint directory (checkpoints/step-NNNNNNNN)")
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
+  diffobj sample runs/in64 --sampler edm-stochastic --steps 256 --out s/in64  EDM's ImageNet-64 FID sampler
                    help="use the EMA weights (default) or the raw weights (--no-ema)")
     p.add_argument("--device", default="cpu", metavar="{cpu,cuda,auto}",
                    help="device for the model (default cpu; auto: cuda when available)")

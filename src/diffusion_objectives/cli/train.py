@@ -22,7 +22,7 @@ EXAMPLES = """examples:
   diffobj train --preset digits --objective sigmoid --out runs/digits
   diffobj train --preset digits --objective sigmoid --set loss.weighting.bias=-2 --out runs/digits-b-2
   diffobj train --preset digits --objective edm-monotonic --set loss.adaptive.enabled=true --out runs/x
-  diffobj train --preset fashion-mnist --set run.bf16=true --steps 20000 --out runs/fmnist
+  diffobj train --preset fashion-mnist --steps 20000 --out runs/fmnist   bf16 autocast where native
   diffobj train --preset digits --dry-run                             print the resolved config
   diffobj train --config my.yaml --out runs/y --resume runs/x/checkpoints/step-00001000
   torchrun --nproc_per_node=2 -m diffusion_objectives train --preset toy2d --out runs/ddp
@@ -61,6 +61,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def _resolve_precision_here(cfg) -> None:
+    """Print how ``run.precision`` resolves on this machine and put the result into ``cfg`` (as training does)."""
+    from ..training import distributed, precision
+
+    where = ""
+    try:
+        device = distributed.pick_device(cfg.run.device)
+    except OptionError:
+        device, where = distributed.pick_device("cpu"), f"; run.device={cfg.run.device} is not available here"
+    p = precision.resolve_precision(cfg.run.precision, device)
+    print(f"# precision on {device}: {p.name} (run.precision={p.requested}: {p.reason}{where})")
+    if p.warning:
+        print(f"# warning: {p.warning}")
+    cfg.run.precision = p.name
+
+
 def run(args: argparse.Namespace) -> int:
     from ..training import build, config, distributed, loop
 
@@ -73,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         obj = build.build_objective(cfg.loss)
         print(f"# objective: {obj.name}: w = {obj.weighting!r}, p = {obj.schedule!r}, "
               f"{obj.parameterization.name}-prediction; monotone: {obj.is_monotonic()}")
+        _resolve_precision_here(cfg)
         print(config.dump_yaml(cfg), end="")
         return 0
     if args.out is None:

@@ -48,6 +48,8 @@ from . import distributed
 from .build import build_dataset, build_network, build_objective, complete_network_params, derive_seed
 from .config import GUARDED_KEYS, TrainConfig, diff, dump_yaml, format_diff, from_dict, to_dict, validate
 from .distributed import Dist
+from .precision import autocast as precision_autocast
+from .precision import resolve_precision
 
 __all__ = ["train", "TrainingError", "NonFiniteError", "learning_rate", "ema_beta", "step_generator"]
 
@@ -213,7 +215,8 @@ def train(config: TrainConfig, run_dir: str | Path, resume: str = "auto", overri
 
     Summary keys: ``status`` (``finished`` or ``interrupted``), ``step``, ``images_seen``, ``checkpoint``,
     ``resumed_from``, ``loss`` (mean of the last logged interval), ``steps_per_s``, ``images_per_s``,
-    ``param_digests`` (one per rank: equal when the ranks agree)."""
+    ``precision`` (``name``, ``requested``, ``reason``: see :mod:`.precision`), ``param_digests`` (one per rank:
+    equal when the ranks agree)."""
     d = dist if dist is not None else Dist(device=distributed.pick_device(config.run.device))
     cfg = validate(copy.deepcopy(config), d.world_size)
     run_dir = Path(run_dir)
@@ -249,6 +252,8 @@ def _train(cfg: TrainConfig, dataset: Any, run_dir: Path, ck_dir: Path, resume: 
 
     # -- network shape from the data ----------------------------------------------------------------------
     cfg.network = complete_network_params(cfg.network, dataset, cfg.seed)
+    precision = resolve_precision(r.precision, device)
+    r.precision = precision.name  # the run's config records what it ran with (auto resolved)
     resolved = to_dict(cfg)
 
     # -- where to start from ------------------------------------------------------------------------------
@@ -328,7 +333,10 @@ def _train(cfg: TrainConfig, dataset: Any, run_dir: Path, ck_dir: Path, resume: 
             f"dataset {dataset.name} {list(dataset.shape)} × {len(dataset)}, network {cfg.network.name} "
             f"({n_params / 1e6:.3f}M parameters), objective {objective.name} "
             f"(w={objective.weighting.name}, p={schedule.name}, {objective.parameterization.name}-prediction), "
-            f"batch {B} = {W} process(es) × {A} × {micro}, device {device}, bf16 {r.bf16}, seed {cfg.seed}")
+            f"batch {B} = {W} process(es) × {A} × {micro}, device {device}, seed {cfg.seed}")
+        log(f"precision {precision.name} (run.precision={precision.requested}: {precision.reason})")
+        if precision.warning:
+            log.warn(precision.warning)
         if r.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -403,7 +411,7 @@ def _train(cfg: TrainConfig, dataset: Any, run_dir: Path, ck_dir: Path, resume: 
 
     ema_params = list(ema.parameters())
     net_params = list(net.parameters())
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=r.bf16)
+    autocast = precision_autocast(precision, device)
     fork_devices = [device] if device.type == "cuda" else []
 
     try:
@@ -491,7 +499,7 @@ def _train(cfg: TrainConfig, dataset: Any, run_dir: Path, ck_dir: Path, resume: 
                             f"λ of the affected examples in [{-float(ext[0]):.4g}, {float(ext[1]):.4g}], "
                             f"seed {cfg.seed}, lr {lr:.3g}. The last good checkpoint "
                             f"{str(last_ckpt) if last_ckpt else '(none)'} is intact. Lower optim.lr, set "
-                            "optim.grad_clip, try run.bf16=false, or --set run.nonfinite=skip")
+                            "optim.grad_clip, try run.precision=fp32, or --set run.nonfinite=skip")
                     opt.zero_grad(set_to_none=True)
                     interval.skipped += 1
                     if d.is_main:
@@ -567,6 +575,7 @@ def _train(cfg: TrainConfig, dataset: Any, run_dir: Path, ck_dir: Path, resume: 
         "images_per_s": (last_record.get("time") or {}).get("images_per_s"),
         "elapsed_s": elapsed,
         "world_size": W,
+        "precision": precision.as_dict(),
         "param_digests": digests,
     }
     if d.is_main:
