@@ -452,9 +452,12 @@ def parse_value(text: str) -> Any:
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """The mapping in a YAML config file (not yet validated)."""
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise OptionError(f"cannot read config file {str(path)!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise OptionError(f"config file {str(path)!r} is not UTF-8 text (byte {exc.start}); expected a YAML "
+                          "mapping") from None
     try:
         data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
