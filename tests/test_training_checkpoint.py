@@ -130,13 +130,39 @@ def test_resolve_path_errors(tmp_path):
         ck.resolve_path(tmp_path)
 
 
-def test_resave_of_existing_step_is_idempotent(tmp_path):
+def test_resave_of_the_same_checkpoint_is_idempotent(tmp_path, recwarn):
     a = _save(tmp_path, 3)
-    b = _save(tmp_path, 3, value=5.0)  # already published and valid: kept as is
-    assert a == b and torch.equal(ck.load(a).model["w"], torch.full((3, 4), 1.0))
+    before = {p.name: p.read_bytes() for p in a.iterdir()}
+    assert _save(tmp_path, 3) == a  # identical weights and config: kept as is, nothing moved
+    assert {p.name: p.read_bytes() for p in a.iterdir()} == before and not recwarn.list
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == ["step-00000003"]
+
+
+def test_a_different_checkpoint_is_never_kept_under_the_new_ones_name(tmp_path):
+    a = _save(tmp_path, 3)
+    old = {p.name: p.read_bytes() for p in a.iterdir()}
+    with pytest.warns(UserWarning, match="step-00000003 holds different weights or config; moved it to"):
+        b = _save(tmp_path, 3, value=5.0)
+    assert a == b and torch.equal(ck.load(a).model["w"], torch.full((3, 4), 5.0))  # the new one is published
+    (aside,) = tmp_path.glob("superseded-*/step-00000003")  # the old one is kept, byte for byte
+    assert {p.name: p.read_bytes() for p in aside.iterdir()} == old
+
+
+def test_a_broken_leftover_is_quarantined_not_deleted(tmp_path):
+    a = _save(tmp_path, 3)
     _corrupt(a, "bitflip")
-    _save(tmp_path, 3, value=5.0)  # a broken leftover is replaced
+    broken = {p.name: p.read_bytes() for p in a.iterdir()}
+    with pytest.warns(UserWarning, match="unreadable .*SHA-256.*moved it to .*corrupt"):
+        _save(tmp_path, 3, value=5.0)
     assert torch.equal(ck.load(a).model["w"], torch.full((3, 4), 5.0))
+    assert {p.name: p.read_bytes() for p in (tmp_path / "corrupt" / "step-00000003").iterdir()} == broken
+
+
+def test_pruning_never_removes_a_newer_checkpoint(tmp_path):
+    for s in (1, 2, 5):
+        _save(tmp_path, s, keep=2)
+    _save(tmp_path, 3, keep=2)  # 5 is not superseded by 3; 1 is (two older than 3 would exceed keep)
+    assert [p.name for p in ck.list_checkpoints(tmp_path)] == ["step-00000002", "step-00000003", "step-00000005"]
 
 
 def test_train_explicit_corrupt_checkpoint_is_an_error_auto_skips(tmp_path):

@@ -5,17 +5,26 @@ order. Rerunning the same command in the same --out resumes from the newest comp
 ``torchrun --nproc_per_node=N -m diffusion_objectives train ...`` it trains with DDP (gloo on CPU, NCCL
 on CUDA); --batch-size is the global batch.
 
-Exit codes: 0 finished (or stopped by SIGTERM/SIGINT after saving a checkpoint), 1 training failed
-(non-finite loss), 2 bad option, config, dataset or checkpoint.
+--out must be new, empty or a run directory (anything else is refused, untouched), and is locked while
+training: a second writer exits 2 naming the holder. --resume PATH with a checkpoint older than the newest
+one in --out is refused; branch into a new run with --resume PATH --out NEW. Unreadable checkpoints are
+moved into RUN/checkpoints/corrupt/, never deleted. Outside a terminal a progress line (step/total, loss,
+images/s, ETA) is printed every 60 s (--progress-every). Rerunning a finished run says so and changes nothing.
+
+Exit codes: 0 finished, already complete, or stopped by SIGTERM/SIGINT after saving a checkpoint; 1 training
+failed (non-finite loss); 2 bad option, config, dataset, checkpoint or --out, or --out in use; 130 a second
+Ctrl-C during the graceful stop (no new checkpoint; the last one is intact).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
 from ..errors import OptionError
+from ._common import check_output_dir
 
 EXAMPLES = """examples:
   diffobj train --preset toy2d --out runs/toy                       2-D mixture, minutes on a CPU
@@ -57,7 +66,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. loss.weighting.bias=2 (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--no-progress", action="store_true", help="no progress bar and no progress lines")
+    shown.add_argument("--progress-every", type=float, default=None, metavar="SECONDS",
+                       help="a progress line (step/total, loss, images/s, ETA) every SECONDS instead of the bar "
+                            "(default: the bar on a terminal, else a line every 60 s)")
     p.set_defaults(run=run)
 
 
@@ -94,17 +107,30 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.out is None:
         raise OptionError("--out RUN is required (the run directory), unless --dry-run")
+    check_output_dir(args.out, "--out")
+    if args.progress_every is not None and not (math.isfinite(args.progress_every) and args.progress_every > 0):
+        raise OptionError(f"--progress-every: {args.progress_every} is not a positive number of seconds")
     if args.resume not in ("auto", "none") and not os.path.exists(args.resume):
         raise OptionError(f"--resume: {args.resume!r} does not exist (use auto, none or a checkpoint path)")
     try:
         with distributed.session(cfg.run.device) as d:
             summary = loop.train(cfg, args.out, resume=args.resume,
                                  override_resume_check=args.allow_config_change, dist=d,
-                                 progress=False if args.no_progress else None, echo=not sys.stderr.isatty())
+                                 progress=False if args.no_progress else args.progress_every,
+                                 echo=not sys.stderr.isatty())
     except loop.TrainingError as exc:
         if os.environ.get("RANK", "0") == "0":
             print(f"diffobj train: error: {exc}", file=sys.stderr)
         return 1
-    if d.is_main:
+    except loop.TrainingInterrupted as exc:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"diffobj train: {exc}", file=sys.stderr)
+        return 130
+    if not d.is_main:
+        return 0
+    if summary.get("already_complete"):
+        print(f"already complete at step {summary['step']}: nothing was trained and nothing written "
+              f"(checkpoint {summary['checkpoint']}); raise --steps to train longer")
+    else:
         print(f"{summary['status']} at step {summary['step']}; checkpoint {summary['checkpoint']}")
     return 0

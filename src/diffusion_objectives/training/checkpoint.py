@@ -14,6 +14,11 @@ directory is renamed into place; then it is re-read and verified, ``RUN/checkpoi
 file naming the directory) is replaced atomically, and only then are old checkpoints removed. A crash
 at any point leaves the previous checkpoint and ``latest`` intact. Randomness needs no state here: it is
 derived from (seed, step) (see :mod:`~diffusion_objectives.training.loop`).
+
+Nothing is deleted unless a newer verified checkpoint supersedes it: pruning removes only checkpoints
+older than the one just published; an unreadable checkpoint is moved into ``checkpoints/corrupt/``
+(:func:`quarantine`); a different, valid checkpoint already published under the step being saved is moved
+into ``checkpoints/superseded-<UTC time>/`` with a warning (never silently kept under the new one's name).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import json
 import os
 import re
 import shutil
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Mapping
@@ -33,7 +39,6 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
@@ -51,6 +56,8 @@ __all__ = [
     "read_latest",
     "list_checkpoints",
     "find_resumable",
+    "quarantine",
+    "load_newest",
     "resolve_path",
     "load_for_inference",
 ]
@@ -59,6 +66,7 @@ FORMAT_VERSION = 1
 MODEL_FILE, EMA_FILE, STATE_FILE = "model.safetensors", "ema.safetensors", "training_state.pt"
 CONFIG_FILE, MANIFEST_FILE, LATEST_FILE = "config.yaml", "manifest.json", "latest"
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
+CORRUPT_DIR, SUPERSEDED_PREFIX = "corrupt", "superseded-"
 
 
 class CheckpointError(OptionError):
@@ -137,47 +145,91 @@ def _write_latest(checkpoints_dir: Path, name: str) -> None:
     _fsync_dir(checkpoints_dir)
 
 
+def _checkpoint_bytes(step: int, model: Mapping[str, torch.Tensor], ema: Mapping[str, torch.Tensor],
+                      state: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, bytes]:
+    """The bytes of every file of a checkpoint but the manifest."""
+    config_json = json.dumps(dict(config), sort_keys=True)
+    meta = {"format_version": str(FORMAT_VERSION), "step": str(step), "config": config_json}
+    buf = io.BytesIO()
+    torch.save({"format_version": FORMAT_VERSION, **state}, buf)
+    return {MODEL_FILE: _weights_bytes(model, meta | {"kind": "model"}),
+            EMA_FILE: _weights_bytes(ema, meta | {"kind": "ema"}),
+            STATE_FILE: buf.getvalue(),
+            CONFIG_FILE: yaml.safe_dump(dict(config), sort_keys=False).encode()}
+
+
+def _same_tensors(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k].detach().cpu()) for k in a)
+
+
+def _same_checkpoint(path: Path, model: Mapping[str, torch.Tensor], ema: Mapping[str, torch.Tensor],
+                     config_bytes: bytes) -> bool:
+    """Whether the published checkpoint ``path`` holds the same weights and config (:class:`CheckpointError`
+    if it is unreadable). Compared by content: safetensors files are not byte-reproducible."""
+    old = load(path)
+    return ((path / CONFIG_FILE).read_bytes() == config_bytes and _same_tensors(old.model, model)
+            and _same_tensors(old.ema, ema))
+
+
+def _utc_stamp() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+
+
+def _move_into(path: Path, folder: Path) -> Path:
+    """Move directory ``path`` into ``folder`` (created), under a free name; returns the new path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    dest, n = folder / path.name, 1
+    while dest.exists():
+        dest, n = folder / f"{path.name}.{n}", n + 1
+    os.replace(path, dest)
+    _fsync_dir(folder)
+    _fsync_dir(path.parent)
+    return dest
+
+
+def quarantine(path: str | Path) -> Path:
+    """Move the unreadable checkpoint ``path`` into ``checkpoints/corrupt/`` (never deleted); returns where."""
+    path = Path(path)
+    return _move_into(path, path.parent / CORRUPT_DIR)
+
+
 def save(checkpoints_dir: str | Path, step: int, *, model: Mapping[str, torch.Tensor],
          ema: Mapping[str, torch.Tensor], state: Mapping[str, Any], config: Mapping[str, Any],
-         keep: int = 2, images_seen: int | None = None) -> Path:
+         keep: int = 2, images_seen: int | None = None, warn: Callable[[str], None] | None = None) -> Path:
     """Publish checkpoint ``step`` atomically and return its directory.
 
     ``model``/``ema`` are state dicts, ``state`` the training state (tensors, numbers, strings, lists,
     dicts only), ``config`` the resolved config as a plain dict. Afterwards ``latest`` names the new
-    checkpoint and at most ``keep`` checkpoints remain (the newest ones)."""
+    checkpoint and at most ``keep`` checkpoints up to it remain (it and the newest older ones; newer ones are
+    never removed). A checkpoint already published under this step is kept if it holds the same weights and
+    config; otherwise it is moved into ``superseded-<UTC time>/`` (valid) or ``corrupt/`` (unreadable) with a
+    message to ``warn`` (default: :func:`warnings.warn`)."""
+    warn = warn or (lambda msg: warnings.warn(msg, stacklevel=3))
     root = Path(checkpoints_dir)
     root.mkdir(parents=True, exist_ok=True)
     name = checkpoint_name(step)
     final = root / name
+    blobs = _checkpoint_bytes(step, model, ema, state, config)
+    aside = None
     if final.exists():
         try:
-            verify(final)
-        except CheckpointError:
-            pass  # a broken leftover of the same step: replace it below
-        else:
-            _write_latest(root, name)  # already published (e.g. the final save right after a periodic one)
-            _prune(root, keep, name)
-            return final
+            if _same_checkpoint(final, model, ema, blobs[CONFIG_FILE]):
+                _write_latest(root, name)  # already published (e.g. the final save right after a periodic one)
+                _prune(root, keep, name)
+                return final
+            aside = (root / f"{SUPERSEDED_PREFIX}{_utc_stamp()}", "holds different weights or config")
+        except CheckpointError as exc:
+            aside = (root / CORRUPT_DIR, f"is unreadable ({exc})")
     tmp = root / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        config_json = json.dumps(dict(config), sort_keys=True)
-        meta = {"format_version": str(FORMAT_VERSION), "step": str(step), "config": config_json}
-        files = {
-            MODEL_FILE: _write_bytes(tmp / MODEL_FILE, _weights_bytes(model, meta | {"kind": "model"})),
-            EMA_FILE: _write_bytes(tmp / EMA_FILE, _weights_bytes(ema, meta | {"kind": "ema"})),
-        }
-        buf = io.BytesIO()
-        torch.save({"format_version": FORMAT_VERSION, **state}, buf)
-        files[STATE_FILE] = _write_bytes(tmp / STATE_FILE, buf.getvalue())
-        files[CONFIG_FILE] = _write_bytes(tmp / CONFIG_FILE, yaml.safe_dump(dict(config), sort_keys=False).encode())
+        files = {fname: _write_bytes(tmp / fname, data) for fname, data in blobs.items()}
         _write_manifest(tmp / MANIFEST_FILE, {"format_version": FORMAT_VERSION, "step": step,
                                               "images_seen": images_seen, "files": files})
         _fsync_dir(tmp)
-        if final.exists():  # broken leftover: move it out of the way, then publish
-            trash = root / f".trash-{name}-{uuid.uuid4().hex[:8]}"
-            os.replace(final, trash)
-            shutil.rmtree(trash, ignore_errors=True)
+        if aside is not None:  # never overwrite a published checkpoint: move it out of the way, then publish
+            dest = _move_into(final, aside[0])
+            warn(f"the existing checkpoint {name} {aside[1]}; moved it to {dest} before writing the new {name}")
         os.replace(tmp, final)
         _fsync_dir(root)
     except BaseException:
@@ -190,12 +242,13 @@ def save(checkpoints_dir: str | Path, step: int, *, model: Mapping[str, torch.Te
 
 
 def _prune(root: Path, keep: int, newest: str) -> None:
-    """Keep the ``keep`` highest-step checkpoints (always ``newest``); drop stale temporary dirs."""
-    steps = sorted(list_checkpoints(root), key=lambda p: _step_of(p) or 0, reverse=True)
-    kept = [p for p in steps if p.name == newest] + [p for p in steps if p.name != newest][: max(keep - 1, 0)]
-    for p in steps:
-        if p not in kept:
-            shutil.rmtree(p, ignore_errors=True)
+    """Keep ``newest`` and the ``keep - 1`` highest-step checkpoints older than it; checkpoints with a higher
+    step than ``newest`` are not superseded by it and stay. Drop stale temporary files."""
+    newest_step = _step_of(root / newest) or 0
+    older = sorted((p for p in list_checkpoints(root) if (_step_of(p) or 0) < newest_step),
+                   key=lambda p: _step_of(p) or 0, reverse=True)
+    for p in older[max(keep - 1, 0):]:
+        shutil.rmtree(p, ignore_errors=True)
     for p in root.glob(".tmp-*"):
         shutil.rmtree(p, ignore_errors=True)
     for p in root.glob(f".{LATEST_FILE}.*.tmp"):
@@ -234,16 +287,23 @@ def verify(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {str(path)!r} is partial: no {MANIFEST_FILE}") from None
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {str(path)!r}: unreadable {MANIFEST_FILE} ({exc})") from None
-    if not isinstance(manifest, dict) or "files" not in manifest:
-        raise CheckpointError(f"checkpoint {str(path)!r}: malformed {MANIFEST_FILE}")
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt: malformed {MANIFEST_FILE} (no mapping 'files')")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {str(path)!r} has format version {version!r}; this version of "
                               f"diffusion_objectives reads format {FORMAT_VERSION}")
+    step = manifest.get("step")
+    if type(step) is not int or step < 0 or (_step_of(path) is not None and step != _step_of(path)):
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt: {MANIFEST_FILE} has step {step!r}, "
+                              f"not the step in the directory's name")
     for fname in (MODEL_FILE, EMA_FILE, STATE_FILE, CONFIG_FILE):
-        if fname not in manifest["files"]:
+        entry = manifest["files"].get(fname)
+        if not isinstance(entry, dict):
             raise CheckpointError(f"checkpoint {str(path)!r}: manifest does not list {fname}")
     for fname, entry in manifest["files"].items():
+        if not isinstance(entry, dict) or not isinstance(fname, str) or "/" in fname:
+            raise CheckpointError(f"checkpoint {str(path)!r} is corrupt: malformed {MANIFEST_FILE} entry {fname!r}")
         f = path / fname
         if not f.is_file():
             raise CheckpointError(f"checkpoint {str(path)!r} is partial: {fname} is missing")
@@ -256,20 +316,25 @@ def verify(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def _read(path: Path, fname: str, reader: Callable[[Path], Any]) -> Any:
+    try:
+        return reader(path / fname)
+    except Exception as exc:  # any failure to decode a file whose hash matched: corrupt at write time
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt: {fname} cannot be read although it matches "
+                              f"its manifest hash ({type(exc).__name__}: {exc})") from None
+
+
 def load(path: str | Path) -> Checkpoint:
     """Verify and read a checkpoint directory (CPU tensors); :class:`CheckpointError` if it is bad."""
     path = Path(path)
     manifest = verify(path)
-    try:
-        model = st_load((path / MODEL_FILE).read_bytes())
-        ema = st_load((path / EMA_FILE).read_bytes())
-        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
-        config = yaml.safe_load((path / CONFIG_FILE).read_text())
-    except (OSError, SafetensorError, RuntimeError, yaml.YAMLError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: {exc}") from None
+    model = _read(path, MODEL_FILE, lambda f: st_load(f.read_bytes()))
+    ema = _read(path, EMA_FILE, lambda f: st_load(f.read_bytes()))
+    state = _read(path, STATE_FILE, lambda f: torch.load(f, map_location="cpu", weights_only=True))
+    config = _read(path, CONFIG_FILE, lambda f: yaml.safe_load(f.read_text()))
     if not isinstance(config, dict) or not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {str(path)!r}: malformed config or training state")
-    return Checkpoint(path, int(manifest["step"]), model, ema, state, config, manifest)
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt: malformed config or training state")
+    return Checkpoint(path, manifest["step"], model, ema, state, config, manifest)
 
 
 def find_resumable(checkpoints_dir: str | Path, warn: Callable[[str], None] | None = None) -> Path | None:
@@ -287,7 +352,36 @@ def find_resumable(checkpoints_dir: str | Path, warn: Callable[[str], None] | No
             warn(f"'latest' names {latest.name}, which is not usable; resuming from {path.name}")
         return path
     if latest is not None:
-        warn(f"'latest' names {latest.name}, which does not exist; no usable checkpoint")
+        state = "is not usable (see above)" if latest.exists() else "does not exist"
+        warn(f"'latest' names {latest.name}, which {state}; no usable checkpoint")
+    return None
+
+
+def load_newest(checkpoints_dir: str | Path, warn: Callable[[str], None]) -> Checkpoint | None:
+    """Load the newest checkpoint that verifies and reads, for resuming a run; None if there is none.
+
+    Every newer checkpoint that fails is moved into ``checkpoints/corrupt/`` (:func:`quarantine`) with a
+    message to ``warn`` naming the file and the cause. Raises :class:`CheckpointError` instead of returning
+    None when the run has checkpoints but none is usable (including ones quarantined earlier): the caller
+    must not silently start over from step 0."""
+    root = Path(checkpoints_dir)
+    failed = []
+    for path in reversed(list_checkpoints(root)):
+        try:
+            ckpt = load(path)
+        except CheckpointError as exc:
+            dest = quarantine(path)
+            failed.append(path.name)
+            warn(f"skipping {exc}; moved it to {dest} (nothing deleted)")
+            continue
+        return ckpt
+    held = sorted(p.name for p in (root / CORRUPT_DIR).iterdir()) if (root / CORRUPT_DIR).is_dir() else []
+    if failed or held:
+        raise CheckpointError(
+            f"no usable checkpoint in {str(root)!r}: every checkpoint is corrupt and is kept in "
+            f"{str(root / CORRUPT_DIR)!r} ({', '.join(held)}); training was not restarted from step 0. To recover, "
+            f"put an intact copy of a checkpoint (e.g. from a backup) back into {str(root)!r} and rerun; to start "
+            f"over instead, rerun with resume 'none' (the quarantined checkpoints are kept)")
     return None
 
 

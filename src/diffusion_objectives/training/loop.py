@@ -28,7 +28,6 @@ import copy
 import hashlib
 import json
 import math
-import os
 import signal
 import sys
 import threading
@@ -41,17 +40,21 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .. import locking
 from ..adaptive import AdaptiveSchedule
 from ..errors import OptionError
 from . import checkpoint as ckpt_io
-from . import distributed
+from . import distributed, rundir
 from .build import build_dataset, build_network, build_objective, complete_network_params, derive_seed
 from .config import GUARDED_KEYS, TrainConfig, diff, dump_yaml, format_diff, from_dict, to_dict, validate
 from .distributed import Dist
 from .precision import autocast as precision_autocast
 from .precision import resolve_precision
 
-__all__ = ["train", "TrainingError", "NonFiniteError", "learning_rate", "ema_beta", "step_generator"]
+__all__ = ["train", "TrainingError", "NonFiniteError", "TrainingInterrupted", "DEFAULT_PROGRESS_INTERVAL_S",
+           "learning_rate", "ema_beta", "step_generator"]
+
+DEFAULT_PROGRESS_INTERVAL_S = 60.0  # progress lines when no bar is shown (stderr not a terminal)
 
 
 class TrainingError(RuntimeError):
@@ -64,6 +67,11 @@ class NonFiniteError(TrainingError):
     """A non-finite loss or gradient (agreed across ranks); the last good checkpoint is kept."""
 
     all_ranks = True
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """A second SIGINT (Ctrl-C) during the graceful stop: training ended at once, without a new checkpoint;
+    the message names the last checkpoint, which is intact."""
 
 
 # ---- schedules of the optimizer and the EMA (pure functions of the images seen) --------------------------
@@ -131,24 +139,6 @@ class _RunLog:
             self._file = None
 
 
-def _rewrite_stats(path: Path, upto_step: int) -> None:
-    """Keep only the complete records of ``stats.jsonl`` with ``step <= upto_step`` (on resume, records
-    written after the checkpoint belong to steps that are about to be recomputed)."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue  # a line cut by a crash
-        if isinstance(rec, dict) and int(rec.get("step", 0)) <= upto_step:
-            kept.append(line)
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(k + "\n" for k in kept))
-    os.replace(tmp, path)
-
-
 @contextlib.contextmanager
 def _stop_on_signals(enabled: bool) -> Iterator[dict[str, Any]]:
     """SIGTERM/SIGINT set ``flag["signal"]`` (a second SIGINT raises KeyboardInterrupt as usual)."""
@@ -198,45 +188,168 @@ class _Interval:
         self.time = 0.0
 
 
+def _progress_mode(progress: bool | float | None) -> tuple[bool, float | None]:
+    """(show a tqdm bar, seconds between progress lines or None) for :func:`train`'s ``progress``."""
+    if progress is None:
+        return (True, None) if sys.stderr.isatty() else (False, DEFAULT_PROGRESS_INTERVAL_S)
+    if isinstance(progress, bool):
+        return progress, None
+    if isinstance(progress, (int, float)) and math.isfinite(progress) and progress > 0:
+        return False, float(progress)
+    raise OptionError(f"progress must be None, True, False or a positive number of seconds, not {progress!r}")
+
+
+def _hms(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+class _ProgressLines:
+    """A progress line every ``interval_s`` seconds of wall-clock time (for logs, when no bar is shown):
+    step/total, mean per-example loss since the previous line, images/s and ETA (both from the rate since
+    this process started training)."""
+
+    def __init__(self, interval_s: float, total: int, step: int, batch: int, emit: Callable[[str], None]):
+        self.interval_s, self.total, self.batch, self.emit = interval_s, total, batch, emit
+        self.t0 = self.t_last = time.monotonic()
+        self.step0 = step
+        self.loss_sum = self.count = 0.0
+
+    def update(self, step: int, loss_sum: float, count: float) -> None:
+        self.loss_sum += loss_sum
+        self.count += count
+        now = time.monotonic()
+        if now - self.t_last < self.interval_s:
+            return
+        rate = (step - self.step0) / max(now - self.t0, 1e-9)
+        loss = self.loss_sum / self.count if self.count else float("nan")
+        eta = (self.total - step) / rate if rate > 0 else math.inf
+        self.emit(f"step {step}/{self.total} ({100 * step / self.total:.0f}%), loss {loss:.4g}, "
+                  f"{rate * self.batch:.0f} images/s, ETA {_hms(eta)}")
+        self.t_last, self.loss_sum, self.count = now, 0.0, 0.0
+
+
 # ---- the loop -------------------------------------------------------------------------------------------------
 
 def train(config: TrainConfig, run_dir: str | Path, resume: str = "auto", override_resume_check: bool = False,
-          *, dist: Dist | None = None, progress: bool | None = None, handle_signals: bool = True,
+          *, dist: Dist | None = None, progress: bool | float | None = None, handle_signals: bool = True,
           echo: bool = False, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Train ``config`` in ``run_dir`` and return a summary dict.
 
-    ``resume``: ``"auto"`` continues from the newest complete checkpoint in ``run_dir`` (skipping corrupt
-    ones with a warning) or starts fresh; ``"none"`` starts fresh and refuses a directory that already
-    has checkpoints; any other value is a checkpoint (or run) path, which must be valid. Resuming with
-    different ``data``, ``network``, ``loss`` or ``run.batch_size`` raises OptionError with the diff
-    unless ``override_resume_check``. ``dist``: the process layout (default: one process on
-    ``config.run.device``). ``progress``: tqdm bar (default: when stderr is a terminal). ``echo``: copy
-    the log to stderr. ``on_step(step)`` is called after every step (tests). Never calls ``sys.exit``.
+    ``run_dir`` must be new, empty or a run directory (:func:`.rundir.check_writable_run_dir`: anything else
+    is refused before a byte is written); it is locked for the whole call (:func:`diffusion_objectives.locking.hold`:
+    a second writer gets :class:`~diffusion_objectives.locking.LockedError` naming this process).
+    ``resume``: ``"auto"`` continues from the newest checkpoint in ``run_dir`` that reads back (unreadable
+    ones are moved into ``checkpoints/corrupt/`` with a warning; if there are checkpoints but none is usable
+    it raises :class:`~.checkpoint.CheckpointError` rather than start over) or starts fresh; ``"none"``
+    starts fresh and refuses a directory that already has checkpoints; any other value is a checkpoint (or
+    run) path, which must be valid and not older than a checkpoint already in ``run_dir`` (to branch from an
+    older checkpoint, train into a new ``run_dir``). Resuming with different ``data``, ``network``, ``loss`` or
+    ``run.batch_size`` raises OptionError with the diff unless ``override_resume_check``. A run already at
+    ``run.steps`` is left untouched (summary key ``already_complete``). ``dist``: the process layout
+    (default: one process on ``config.run.device``). ``progress``: ``True`` a tqdm bar, ``False`` nothing,
+    a number of seconds: a line (step/total, loss, images/s, ETA) on stderr and in ``log.txt`` that often;
+    default (None): the bar when stderr is a terminal, else a line every
+    :data:`DEFAULT_PROGRESS_INTERVAL_S` seconds. ``echo``: copy the log to stderr. ``on_step(step)`` is
+    called after every step (tests). Never calls ``sys.exit``. A second SIGINT during the graceful stop
+    raises :class:`TrainingInterrupted` (the last checkpoint is intact).
 
     Summary keys: ``status`` (``finished`` or ``interrupted``), ``step``, ``images_seen``, ``checkpoint``,
     ``resumed_from``, ``loss`` (mean of the last logged interval), ``steps_per_s``, ``images_per_s``,
     ``precision`` (``name``, ``requested``, ``reason``: see :mod:`.precision`), ``param_digests`` (one per rank:
-    equal when the ranks agree)."""
+    equal when the ranks agree), ``already_complete``."""
     d = dist if dist is not None else Dist(device=distributed.pick_device(config.run.device))
     cfg = validate(copy.deepcopy(config), d.world_size)
-    run_dir = Path(run_dir)
+    run_dir = rundir.check_writable_run_dir(run_dir)
     ck_dir = run_dir / "checkpoints"
+    _progress_mode(progress)  # validated before anything is written
     if cfg.run.tensorboard:  # checked on every rank, before anything is written
         try:
             import torch.utils.tensorboard  # noqa: F401
         except ImportError:
             raise OptionError("run.tensorboard=true needs the tensorboard package (pip install tensorboard)") from None
     dataset = build_dataset(cfg.data)  # before touching the run directory: a bad dataset leaves no trace
-    if d.is_main:
-        for p in (run_dir, ck_dir, run_dir / "samples"):
-            p.mkdir(parents=True, exist_ok=True)
-    distributed.barrier(d)
-    log = _RunLog(run_dir / "log.txt" if d.is_main else None, echo)
-    try:
+    with contextlib.ExitStack() as stack:
+        _on_main(d, lambda: stack.enter_context(locking.hold(run_dir, _command_line())))
+        if d.is_main:
+            for p in (ck_dir, run_dir / "samples"):
+                p.mkdir(parents=True, exist_ok=True)
+        distributed.barrier(d)
+        log = stack.enter_context(contextlib.closing(_RunLog(run_dir / "log.txt" if d.is_main else None, echo)))
         return _train(cfg, dataset, run_dir, ck_dir, resume, override_resume_check, d, log, progress,
                       handle_signals, on_step)
-    finally:
-        log.close()
+
+
+def _on_main(d: Dist, fn: Callable[[], Any]) -> Any:
+    """``fn()`` run on the main rank; its result, or the exception it raised, on every rank."""
+    result = error = None
+    if d.is_main:
+        try:
+            result = fn()
+        except Exception as exc:
+            error = exc
+    if d.enabled:
+        result, error = distributed.broadcast_object((result, error), d)
+    if error is not None:
+        raise error
+    return result
+
+
+def _command_line() -> str:
+    """This process's command, recorded in the run lock for the message a second writer sees."""
+    argv = sys.argv or ["python"]
+    return " ".join([Path(argv[0]).name, *argv[1:]])[:500]
+
+
+def _resume_source(resume: str, run_dir: Path, ck_dir: Path,
+                   warn: Callable[[str], None]) -> ckpt_io.Checkpoint | None:
+    """The checkpoint to start from, loaded (main rank; see :func:`train` for ``resume``)."""
+    if resume == "auto":
+        return ckpt_io.load_newest(ck_dir, warn)
+    existing = ckpt_io.list_checkpoints(ck_dir)
+    if resume == "none":
+        if existing:
+            raise OptionError(f"--resume none: {str(run_dir)!r} already has checkpoints; use --resume auto to "
+                              "continue it or choose a new --out")
+        return None
+    source = ckpt_io.resolve_path(resume, warn)
+    start = ckpt_io.load(source)
+    step = start.step
+    newer = [p.name for p in existing if int(p.name.split("-")[1]) > step]
+    if newer:
+        raise OptionError(
+            f"cannot resume {str(run_dir)!r} from {str(source)!r} (step {step}): the run already has newer "
+            f"checkpoints ({', '.join(newer)}), which training from step {step} would replace. To branch from "
+            f"step {step}, train into a new directory (diffobj train --resume {source} --out NEW_RUN); to "
+            "continue this run from its newest checkpoint, use --resume auto")
+    return start
+
+
+def _restore(source: Path | None, fname: str, fn: Callable[[], Any]) -> Any:
+    """``fn()``, which restores something from checkpoint ``source``; a malformed ``fname`` is a
+    :class:`~.checkpoint.CheckpointError` naming it, not a traceback."""
+    try:
+        return fn()
+    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+        raise ckpt_io.CheckpointError(f"checkpoint {str(source)!r} is corrupt: {fname} does not hold what "
+                                      f"training needs ({type(exc).__name__}: {exc})") from None
+
+
+def _already_complete(start: ckpt_io.Checkpoint, run_dir: Path, steps: int, world: int,
+                      log: _RunLog) -> dict[str, Any]:
+    """The summary of a run whose newest checkpoint is at ``steps`` or beyond; nothing is written."""
+    log(f"already complete: {start.path.name} is at step {start.step} (run.steps = {steps}); nothing was "
+        "trained, sampled or written (raise run.steps to train longer)")
+    try:
+        previous = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        previous = None
+    summary = previous if isinstance(previous, dict) and previous.get("step") == start.step else {}
+    return summary | {"status": "finished", "already_complete": True, "run_dir": str(run_dir),
+                      "step": start.step, "images_seen": int(start.state.get("images_seen", 0)),
+                      "checkpoint": str(start.path), "resumed_from": str(start.path), "world_size": world}
 
 
 def _train(cfg: TrainConfig, dataset: Any, run_dir: Path, ck_dir: Path, resume: str, override: bool, d: Dist,
@@ -258,20 +371,17 @@ def _train(cfg: TrainConfig, dataset: Any, run_dir: Path, ck_dir: Path, resume: 
 
     # -- where to start from ------------------------------------------------------------------------------
     warn = log.warn if d.is_main else (lambda msg: None)
-    source: Path | None
-    if resume == "auto":
-        source = ckpt_io.find_resumable(ck_dir, warn)
-    elif resume == "none":
-        if ckpt_io.list_checkpoints(ck_dir):
-            raise OptionError(f"--resume none: {str(run_dir)!r} already has checkpoints; use --resume auto to "
-                              "continue it or choose a new --out")
-        source = None
-    else:
-        source = ckpt_io.resolve_path(resume, warn)
+    picked: dict[str, ckpt_io.Checkpoint | None] = {}
+
+    def pick() -> str | None:
+        picked["start"] = _resume_source(resume, run_dir, ck_dir, warn)
+        return None if picked["start"] is None else str(picked["start"].path)
+
+    chosen = _on_main(d, pick)  # the main rank decides (and quarantines); the others load what it chose
+    start = picked["start"] if d.is_main else (ckpt_io.load(chosen) if chosen is not None else None)
+    source = None if start is None else start.path
     state: dict[str, Any] = {}
-    start = None
-    if source is not None:
-        start = ckpt_io.load(source)
+    if start is not None:
         changed = diff(start.config, resolved, GUARDED_KEYS)
         if changed and not override:
             raise OptionError(f"cannot resume from {str(source)!r}: the config changed\n{format_diff(changed)}\n"
@@ -284,6 +394,11 @@ def _train(cfg: TrainConfig, dataset: Any, run_dir: Path, ck_dir: Path, resume: 
         state = start.state
         if state.get("format_version") != ckpt_io.FORMAT_VERSION:
             raise ckpt_io.CheckpointError(f"checkpoint {str(source)!r}: unknown training-state format")
+        if start.step >= r.steps:
+            if source.parent.resolve() != ck_dir.resolve():
+                raise OptionError(f"checkpoint {str(source)!r} is at step {start.step}, not before run.steps = "
+                                  f"{r.steps}: nothing to train (raise run.steps)")
+            return _already_complete(start, run_dir, r.steps, W, log)
 
     net = build_network(cfg.network)
     if start is not None:
@@ -294,7 +409,7 @@ def _train(cfg: TrainConfig, dataset: Any, run_dir: Path, ck_dir: Path, resume: 
     net.to(device).train()
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     if start is not None:
-        ema.load_state_dict(start.ema)
+        _restore(source, "ema.safetensors", lambda: ema.load_state_dict(start.ema))
     objective = build_objective(cfg.loss)
     loss_fn = objective.loss()
     schedule = objective.schedule
@@ -310,24 +425,24 @@ def _train(cfg: TrainConfig, dataset: Any, run_dir: Path, ck_dir: Path, resume: 
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
                             weight_decay=cfg.optim.weight_decay)
     if start is not None:
-        opt.load_state_dict(state["optimizer"])
+        _restore(source, "training_state.pt", lambda: opt.load_state_dict(state["optimizer"]))
     model: torch.nn.Module = net
     if d.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
         model = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
 
-    step = int(state.get("step", 0))
-    images_seen = int(state.get("images_seen", step * B))
-    skips = int(state.get("consecutive_skips", 0))
+    step = start.step if start is not None else 0
+    images_seen, skips = _restore(source, "training_state.pt", lambda: (
+        int(state.get("images_seen", step * B)), int(state.get("consecutive_skips", 0))))
     last_ckpt: Path | None = source
 
     # -- run directory files -----------------------------------------------------------------------------------
     stats_path = run_dir / "stats.jsonl"
     tb = None
     if d.is_main:
-        (run_dir / "config.yaml").write_text(dump_yaml(from_dict(TrainConfig, resolved)))
-        _rewrite_stats(stats_path, step if start is not None else -1)
+        rundir.write_text_atomic(run_dir / "config.yaml", dump_yaml(from_dict(TrainConfig, resolved)))
+        rundir.rewrite_stats(stats_path, step if start is not None else -1, warn)
         n_params = sum(p.numel() for p in net.parameters())
         log(f"{'resuming from ' + str(source) if source else 'starting'} at step {step}/{r.steps}: "
             f"dataset {dataset.name} {list(dataset.shape)} × {len(dataset)}, network {cfg.network.name} "
@@ -346,11 +461,14 @@ def _train(cfg: TrainConfig, dataset: Any, run_dir: Path, ck_dir: Path, resume: 
     K = cfg.loss.log_bins
     interval = _Interval(K)
     last_record: dict[str, Any] = {}
-    bar = None
-    if d.is_main and (progress if progress is not None else sys.stderr.isatty()):
+    bar = lines = None
+    show_bar, line_every_s = _progress_mode(progress)
+    if d.is_main and show_bar:
         from tqdm import tqdm
 
         bar = tqdm(total=r.steps, initial=step, unit="step", dynamic_ncols=True, file=sys.stderr)
+    elif d.is_main and line_every_s is not None:
+        lines = _ProgressLines(line_every_s, r.steps, step, B, lambda msg: log(msg, "progress"))
     bins_adaptive = adaptive.bins if adaptive is not None else 0
     sample_noise = None
     status = "finished"
@@ -395,7 +513,8 @@ def _train(cfg: TrainConfig, dataset: Any, run_dir: Path, ck_dir: Path, resume: 
                   "adaptive": adaptive.state_dict() if adaptive is not None else None,
                   "consecutive_skips": skips}
             last_ckpt = ckpt_io.save(ck_dir, now_step, model=net.state_dict(), ema=ema.state_dict(), state=st,
-                                     config=resolved, keep=r.keep_checkpoints, images_seen=images_seen)
+                                     config=resolved, keep=r.keep_checkpoints, images_seen=images_seen,
+                                     warn=log.warn)
             log(f"checkpoint {last_ckpt.name} written")
         distributed.barrier(d)
 
@@ -529,6 +648,8 @@ def _train(cfg: TrainConfig, dataset: Any, run_dir: Path, ck_dir: Path, resume: 
                 interval.time += time.perf_counter() - t0
                 if bar is not None:
                     bar.update(1)
+                if lines is not None:
+                    lines.update(step, float(vec[3]), float(vec[4]))
 
                 at_ckpt = r.checkpoint_every > 0 and step % r.checkpoint_every == 0
                 if step % r.log_every == 0 or at_ckpt or stop_req or step == r.steps:
@@ -551,6 +672,11 @@ def _train(cfg: TrainConfig, dataset: Any, run_dir: Path, ck_dir: Path, resume: 
                 save(step)
                 if r.sample_every > 0:
                     samples(step)
+    except KeyboardInterrupt:  # a second Ctrl-C during the graceful stop: leave at once, nothing half-written
+        msg = (f"interrupted again at step {step}, before a new checkpoint was complete; the last checkpoint "
+               f"{str(last_ckpt) if last_ckpt else '(none)'} is intact; rerun the same command to resume from it")
+        log.warn(msg)
+        raise TrainingInterrupted(msg) from None
     finally:
         if bar is not None:
             bar.close()
@@ -579,7 +705,7 @@ def _train(cfg: TrainConfig, dataset: Any, run_dir: Path, ck_dir: Path, resume: 
         "param_digests": digests,
     }
     if d.is_main:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        rundir.write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         log(f"{status} at step {step} ({images_seen} images) in {elapsed:.1f} s")
     return summary
 
