@@ -381,7 +381,8 @@ def load_newest(checkpoints_dir: str | Path, warn: Callable[[str], None]) -> Che
             f"no usable checkpoint in {str(root)!r}: every checkpoint is corrupt and is kept in "
             f"{str(root / CORRUPT_DIR)!r} ({', '.join(held)}); training was not restarted from step 0. To recover, "
             f"put an intact copy of a checkpoint (e.g. from a backup) back into {str(root)!r} and rerun; to start "
-            f"over instead, rerun with resume 'none' (the quarantined checkpoints are kept)")
+            f"over instead, rerun with resume='none' (diffobj train --resume none); the quarantined checkpoints "
+            f"are kept")
     return None
 
 
