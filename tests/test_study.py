@@ -41,16 +41,19 @@ def test_every_cell_filled_and_report_matches_json(finished):
     # each cell is the JSON mean ± SE over the two seeds, recomputed here from the runs
     for row in on_disk["summary"]:
         runs = [r for r in on_disk["runs"] if r["entry"] == row["entry"]]
-        ce = [r["result"]["metrics"]["toy"]["cross_entropy"] for r in runs]
-        mean = sum(ce) / 2
-        se = abs(ce[0] - ce[1]) / 2  # std(ddof=1)/√2 for two values
-        assert row["metrics"]["cross_entropy"]["mean"] == pytest.approx(mean)
-        assert row["metrics"]["cross_entropy"]["se"] == pytest.approx(se)
-        assert format_cell(row["metrics"]["cross_entropy"]) in report
+        for key in ("reverse_kl", "cross_entropy"):
+            values = [r["result"]["metrics"]["toy"][key] for r in runs]
+            mean = sum(values) / 2
+            se = abs(values[0] - values[1]) / 2  # std(ddof=1)/√2 for two values
+            assert row["metrics"][key]["mean"] == pytest.approx(mean)
+            assert row["metrics"][key]["se"] == pytest.approx(se)
+            assert format_cell(row["metrics"][key]) in report
+        toy = runs[0]["result"]["metrics"]["toy"]  # KL(q‖p) = cross-entropy − H(q)
+        assert toy["reverse_kl"] == pytest.approx(toy["cross_entropy"] - toy["model_entropy"], rel=1e-12)
     assert row["monotone"] is True and on_disk["summary"][0]["monotone"] is False
     for name in ("weightings.png", "training_curves.png", "metrics.png", "samples.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
-    assert "**Verdict** on cross_entropy" in report and "30 steps of batch 64" in report
+    assert "**Verdict** on reverse_kl" in report and "KL estimate reads" in report and "30 steps of batch 64" in report
     assert re.search(r"time: \d+ s wall clock", report)
 
 

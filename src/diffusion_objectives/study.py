@@ -13,9 +13,13 @@ rerunning the same command continues where it stopped. :mod:`.report` turns the 
 
 from __future__ import annotations
 
+import ctypes
 import json
+import math
+import multiprocessing as mp
 import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -25,12 +29,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from . import objectives, weightings
+from . import evaluation, locking, objectives, report, weightings
 from .errors import OptionError
+from .training import TrainConfig, distributed, load_for_inference, train
+from .training import config as tconfig
 
-__all__ = ["GridEntry", "EvalProtocol", "StudyConfig", "STUDY_PRESETS", "study_preset", "parse_entry",
-           "run_study", "run_one"]
+__all__ = ["GridEntry", "EvalProtocol", "StudyConfig", "STUDY_PRESETS", "RunTask", "LocalLauncher",
+           "study_preset", "parse_entry", "validate_study", "tasks", "run_config", "config_changes",
+           "check_reusable", "finished_record", "prepare", "run_study", "run_one", "write_study_report"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,8 @@ class GridEntry:
 
 def parse_entry(text: str) -> GridEntry:
     """``"sigmoid:bias=-2+adaptive"`` → :class:`GridEntry` (errors name the entry and the choices)."""
+    if not text.strip():
+        raise OptionError("empty grid entry: give NAME[:key=value,...][+adaptive]")
     body, plus, suffix = text.strip().partition("+")
     if plus and suffix != "adaptive":
         raise OptionError(f"grid entry {text!r}: the only suffix is '+adaptive'")
@@ -84,6 +94,8 @@ def parse_entry(text: str) -> GridEntry:
             raise OptionError(f"grid entry {text!r}: expected KEY=NUMBER, got {item!r}") from None
         if not sep:
             raise OptionError(f"grid entry {text!r}: expected KEY=NUMBER, got {item!r}")
+        if not math.isfinite(params[-1][1]):
+            raise OptionError(f"grid entry {text!r}: {key} must be a finite number, got {value!r}")
     entry = GridEntry(name, tuple(params), bool(plus))
     entry.weighting()  # validates the parameters against the weighting's registry entry
     return entry
@@ -188,70 +200,177 @@ def study_preset(name: str) -> StudyConfig:
 
 # ---- running ------------------------------------------------------------------------------------------------
 
-def run_config(study: StudyConfig, entry: GridEntry, seed: int):
-    """The training config of one run: the study's preset and overrides, the entry's objective, the seed."""
-    from .training import resolve
+# Network parameters that training fills in from the data and the seed (``training.complete_network_params``);
+# a saved config has them although the requested one leaves them out, and they follow from keys both have.
+_DERIVED_NETWORK_PARAMS = ("dim", "in_channels", "resolution", "num_classes", "seed")
 
-    return resolve(study.preset, objective=entry.objective, steps=study.steps, batch_size=study.batch_size,
-                   seed=seed, overrides=[*study.overrides, *entry.overrides()])
+
+@dataclass(frozen=True)
+class RunTask:
+    """One (entry, seed) of a study and its run directory ``OUT/runs/<entry slug>/seed-<seed>``."""
+
+    entry: GridEntry
+    seed: int
+    run_dir: Path
+
+    @property
+    def name(self) -> str:
+        """``ENTRY@SEED``, as ``diffobj compare --run-one`` takes it."""
+        return f"{self.entry.label}@{self.seed}"
+
+
+def run_config(study: StudyConfig, entry: GridEntry, seed: int) -> TrainConfig:
+    """The training config of one run: the study's preset and overrides, the entry's objective, the seed."""
+    return tconfig.resolve(study.preset, objective=entry.objective, steps=study.steps,
+                           batch_size=study.batch_size, seed=seed, overrides=[*study.overrides, *entry.overrides()])
+
+
+def validate_study(study: StudyConfig) -> list[GridEntry]:
+    """The parsed grid, after checking everything a run would check before training anything: entries,
+    duplicate entries, seeds, and that every run's training config resolves (overrides name real keys)."""
+    if not study.grid:
+        raise OptionError("the grid is empty: give at least one objective")
+    entries = [parse_entry(e) for e in study.grid]
+    labels = [e.label for e in entries]
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:
+        raise OptionError(f"the grid lists {', '.join(twice)} more than once")
+    if not study.seeds:
+        raise OptionError("a study needs at least one seed")
+    if len(set(study.seeds)) != len(study.seeds):
+        raise OptionError(f"seeds listed more than once: {study.seeds}")
+    for entry in entries:
+        run_config(study, entry, study.seeds[0])
+    return entries
+
+
+def tasks(study: StudyConfig, out: str | Path) -> list[RunTask]:
+    """Every (entry, seed) of the validated study, in report order."""
+    return [RunTask(e, s, Path(out) / "runs" / e.slug / f"seed-{s}") for e in validate_study(study)
+            for s in study.seeds]
+
+
+def config_changes(study: StudyConfig, task: RunTask) -> dict[str, tuple[Any, Any]]:
+    """``{key: (saved, requested)}`` between the run directory's ``config.yaml`` (absent: nothing to
+    compare) and the config the study requests for it; empty when the run may be reused or resumed."""
+    saved_path = task.run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return {}
+    changes = tconfig.diff(tconfig.load_yaml(saved_path), run_config(study, task.entry, task.seed))
+    return {k: v for k, v in changes.items() if not k.startswith("debug.") and not _resolved_by_training(k, v[1])}
+
+
+def _resolved_by_training(key: str, requested: Any) -> bool:
+    """A value the request leaves to training to fill in: a network parameter from the data and the seed, or
+    ``run.precision: auto`` (the saved config holds the precision that ``auto`` chose on the run's machine)."""
+    section, _, name = key.rpartition(".")
+    if key == "run.precision":
+        return requested == "auto"
+    return requested == "<unset>" and section == "network.params" and name in _DERIVED_NETWORK_PARAMS
+
+
+def check_reusable(study: StudyConfig, run_tasks: list[RunTask]) -> None:
+    """Refuse (OptionError naming every run and key) if any run directory holds a run trained with a
+    different config than the study now requests: reusing or resuming it would mix settings in one report."""
+    bad = [(t, c) for t in run_tasks if (c := config_changes(study, t))]
+    if not bad:
+        return
+    lines = [f"  {t.run_dir}:\n" + "\n".join(f"    {k}: {old!r} (saved) -> {new!r} (requested)"
+                                              for k, (old, new) in c.items()) for t, c in bad[:5]]
+    more = f"\n  … and {len(bad) - 5} more run(s)" if len(bad) > 5 else ""
+    raise OptionError(f"{len(bad)} run(s) in this study directory were trained with other settings than "
+                      "requested; a report must not mix them. Use a new --out, or delete those run "
+                      "directories to retrain them:\n" + "\n".join(lines) + more)
+
+
+# Bumped whenever a metric's definition changes, so that older ``eval.json`` files are re-evaluated
+# (2: the toy metrics gained the reverse KL, the primary metric of toy studies).
+_METRICS_VERSION = 2
 
 
 def _protocol_key(study: StudyConfig) -> dict[str, Any]:
-    return asdict(study.evaluation)
+    return {**asdict(study.evaluation), "metrics_version": _METRICS_VERSION}
 
 
-def run_one(study: StudyConfig, entry: GridEntry, seed: int, run_dir: str | Path) -> dict[str, Any]:
-    """Train (or resume, or reuse) one run and evaluate it; returns the run's record (also ``eval.json``)."""
-    import torch
+def finished_record(study: StudyConfig, task: RunTask) -> dict[str, Any] | None:
+    """The run's ``eval.json`` if the run finished at the requested steps with the requested config and
+    was evaluated with this protocol on its final checkpoint; else ``None`` (train and/or evaluate it)."""
+    summary, record = _read_json(task.run_dir / "summary.json"), _read_json(task.run_dir / "eval.json")
+    if summary is None or record is None or not _finished(summary, study.steps) or config_changes(study, task):
+        return None
+    if record.get("protocol") != _protocol_key(study) or record.get("checkpoint") != summary.get("checkpoint"):
+        return None
+    return record
 
-    from . import evaluation
-    from .training import load_for_inference, train
 
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _finished(summary: dict[str, Any], steps: int) -> bool:
+    return summary.get("status") == "finished" and summary.get("step") == steps
+
+
+def run_one(study: StudyConfig, entry: GridEntry, seed: int, run_dir: str | Path) -> dict[str, Any] | None:
+    """Train (or resume, or reuse) one run and evaluate it; returns the run's record (also ``eval.json``).
+
+    Under torchrun (``WORLD_SIZE`` > 1) every process trains its share (DDP) and only rank 0 evaluates;
+    the other ranks return ``None``. Raises OptionError if ``run_dir`` holds a run with another config."""
+    task = RunTask(entry, seed, Path(run_dir))
+    check_reusable(study, [task])
+    reuse = finished_record(study, task)
+    if reuse is not None:
+        return reuse
     torch.set_num_threads(max(1, study.threads))
-    run_dir = Path(run_dir)
-    record_path = run_dir / "eval.json"
     cfg = run_config(study, entry, seed)
-    summary_path = run_dir / "summary.json"
     t0 = time.perf_counter()
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    finished = summary.get("status") == "finished" and summary.get("step") == cfg.run.steps
-    trained_now = not finished
+    summary = _read_json(task.run_dir / "summary.json") or {}
+    trained_now = not _finished(summary, cfg.run.steps)
     if trained_now:
-        summary = train(cfg, run_dir, resume="auto", progress=False, handle_signals=False)
+        with distributed.session(cfg.run.device) as d:
+            summary = train(cfg, task.run_dir, resume="auto", progress=False, handle_signals=False, dist=d)
+        if not d.is_main:
+            return None
         if summary.get("status") != "finished":
-            raise RuntimeError(f"run {run_dir} stopped at step {summary.get('step')}")
+            raise RuntimeError(f"run {task.run_dir} stopped at step {summary.get('step')}")
     train_s = time.perf_counter() - t0
-    if record_path.is_file() and not trained_now:
-        old = json.loads(record_path.read_text())
-        if old.get("protocol") == _protocol_key(study) and old.get("checkpoint") == summary.get("checkpoint"):
-            return old
+    return _evaluate(study, task, cfg, summary, train_s if trained_now else summary.get("elapsed_s"))
+
+
+def _evaluate(study: StudyConfig, task: RunTask, cfg: TrainConfig, summary: dict[str, Any],
+              train_s: float | None) -> dict[str, Any]:
+    """Evaluate the finished run with the study's protocol; write ``eval.json`` (atomically) and the samples
+    kept for the plots; return the record."""
     t1 = time.perf_counter()
-    loaded = load_for_inference(run_dir)
+    loaded = load_for_inference(task.run_dir)
     p = study.evaluation
     settings = evaluation.SampleSettings(p.sampler, p.steps)
     samples, labels = evaluation.generate(loaded, range(p.n), settings)
     result = evaluation.evaluate(loaded, p.metrics, n=p.n, settings=settings, split=p.split, n_elbo=p.n_elbo,
                                  elbo_samples=p.elbo_samples, samples=samples, sample_labels=labels)
-    np.savez_compressed(run_dir / "samples.npz", samples=samples[:_SHOWN].numpy())
+    np.savez_compressed(task.run_dir / "samples.npz", samples=samples[:_SHOWN].numpy())
+    entry = task.entry
     record = {
         "entry": entry.label, "objective": entry.objective, "weighting_params": dict(entry.weighting_params),
-        "adaptive": entry.adaptive, "monotone": entry.is_monotonic(), "seed": seed, "run_dir": str(run_dir),
-        "checkpoint": summary.get("checkpoint"), "protocol": _protocol_key(study),
+        "adaptive": entry.adaptive, "monotone": entry.is_monotonic(), "seed": task.seed,
+        "run_dir": str(task.run_dir), "checkpoint": summary.get("checkpoint"), "protocol": _protocol_key(study),
         "network": f"{cfg.network.name} {cfg.network.params} "
-                   f"({sum(p.numel() for p in loaded.model.parameters()) / 1e6:.3f}M parameters)",
-        "train_seconds": train_s if trained_now else summary.get("elapsed_s"),
-        "steps_per_s": summary.get("steps_per_s"), "eval_seconds": time.perf_counter() - t1,
-        "final_loss": summary.get("loss"), "result": result,
+                   f"({sum(q.numel() for q in loaded.model.parameters()) / 1e6:.3f}M parameters)",
+        "precision": summary.get("precision"), "train_seconds": train_s, "steps_per_s": summary.get("steps_per_s"),
+        "eval_seconds": time.perf_counter() - t1, "final_loss": summary.get("loss"), "result": result,
     }
+    record_path = task.run_dir / "eval.json"
     tmp = record_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(record, indent=1))
     os.replace(tmp, record_path)
     return record
 
 
-def _worker(args: tuple[StudyConfig, GridEntry, int, str]) -> dict[str, Any]:
-    os.environ.setdefault("OMP_NUM_THREADS", str(args[0].threads))
-    return run_one(*args)
+def _worker(study: StudyConfig, task: RunTask) -> dict[str, Any] | None:
+    return run_one(study, task.entry, task.seed, task.run_dir)
 
 
 def _die_with_parent() -> None:
@@ -259,53 +378,80 @@ def _die_with_parent() -> None:
     so an interrupted ``compare`` leaves no training behind (the run resumes on the next invocation)."""
     if not sys.platform.startswith("linux"):
         return
-    import ctypes
-    import signal
-
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
     except OSError:
         pass
 
 
-def run_study(study: StudyConfig, out: str | Path, *, say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every (entry, seed) of ``study`` under ``out`` and write the report; returns the results."""
-    from . import report
+class LocalLauncher:
+    """Run the study's runs on this machine, ``jobs`` at a time (separate processes when ``jobs`` > 1)."""
 
-    entries = [parse_entry(e) for e in study.grid]
-    if len({e.label for e in entries}) != len(entries):
-        raise OptionError("the grid lists an objective twice")
-    if not study.seeds:
-        raise OptionError("a study needs at least one seed")
-    for entry in entries:  # validate every config before training anything
-        run_config(study, entry, study.seeds[0])
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "study.json").write_text(json.dumps(asdict(study), indent=1))
-    tasks = [(study, e, s, str(out / "runs" / e.slug / f"seed-{s}")) for e in entries for s in study.seeds]
-    t0 = time.perf_counter()
-    records: list[dict[str, Any]] = []
-    if study.jobs <= 1:
-        for i, task in enumerate(tasks):
-            records.append(run_one(*task))
-            say(f"[{i + 1}/{len(tasks)}] {task[1].label} seed {task[2]} done")
-    else:
-        import multiprocessing as mp
+    def __init__(self, jobs: int = 1) -> None:
+        self.jobs = jobs
 
-        with ProcessPoolExecutor(max_workers=study.jobs, mp_context=mp.get_context("spawn"),
+    def run(self, study: StudyConfig, pending: list[RunTask], study_file: Path,
+            say: Callable[[str], None]) -> None:
+        if self.jobs <= 1:
+            for i, task in enumerate(pending):
+                run_one(study, task.entry, task.seed, task.run_dir)
+                say(f"[{i + 1}/{len(pending)}] {task.name} done")
+            return
+        os.environ.setdefault("OMP_NUM_THREADS", str(study.threads))  # inherited by the spawned workers
+        with ProcessPoolExecutor(max_workers=self.jobs, mp_context=mp.get_context("spawn"),
                                  initializer=_die_with_parent) as pool:
-            futures = {pool.submit(_worker, t): t for t in tasks}
+            futures = {pool.submit(_worker, study, t): t for t in pending}
             for i, fut in enumerate(as_completed(futures)):
-                task = futures[fut]
-                records.append(fut.result())
-                say(f"[{i + 1}/{len(tasks)}] {task[1].label} seed {task[2]} done")
-    order = {(t[1].label, t[2]): i for i, t in enumerate(tasks)}
-    records.sort(key=lambda r: order[(r["entry"], r["seed"])])
-    wall = time.perf_counter() - t0
-    return report.write_report(study, entries, records, out, wall_seconds=wall)
+                fut.result()
+                say(f"[{i + 1}/{len(pending)}] {futures[fut].name} done")
+
+
+def prepare(study: StudyConfig, out: str | Path, run_tasks: list[RunTask]) -> tuple[list[RunTask], Path]:
+    """Refuse runs trained with other settings, write ``OUT/study.json`` (the file the per-run commands of
+    :mod:`.launchers` read); return the tasks not yet finished and evaluated, and the study file."""
+    check_reusable(study, run_tasks)
+    study_file = Path(out) / "study.json"
+    tmp = study_file.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(asdict(study), indent=1))
+    os.replace(tmp, study_file)
+    return [t for t in run_tasks if finished_record(study, t) is None], study_file
+
+
+def run_study(study: StudyConfig, out: str | Path, *, launcher: Any = None,
+              say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every (entry, seed) of ``study`` under ``out`` with ``launcher`` (default: :class:`LocalLauncher`
+    with ``study.jobs``; :mod:`.launchers` has Slurm) and write the report; returns the results. Finished
+    runs are reused and interrupted ones resume, whatever the launcher. Holds ``out``'s lock
+    (:func:`~diffusion_objectives.locking.hold`) throughout: a second ``run_study`` on ``out`` is refused."""
+    t0 = time.perf_counter()
+    run_tasks = tasks(study, out)  # validates before anything is written
+    with locking.hold(out, "diffobj compare"):
+        pending, study_file = prepare(study, out, run_tasks)
+        if pending:
+            say(f"{len(run_tasks) - len(pending)} of {len(run_tasks)} runs already finished; "
+                f"running {len(pending)}")
+            (launcher or LocalLauncher(study.jobs)).run(study, pending, study_file, say)
+        return _report(study, out, run_tasks, time.perf_counter() - t0)
+
+
+def write_study_report(study: StudyConfig, out: str | Path) -> dict[str, Any]:
+    """The report from the finished runs alone (after a cluster launch); OptionError while any run is
+    unfinished. Holds ``out``'s lock."""
+    run_tasks = tasks(study, out)
+    with locking.hold(out, "diffobj compare --report-only"):
+        return _report(study, out, run_tasks, 0.0)
+
+
+def _report(study: StudyConfig, out: str | Path, run_tasks: list[RunTask], wall_seconds: float) -> dict[str, Any]:
+    records = [finished_record(study, t) for t in run_tasks]
+    missing = [t.name for t, r in zip(run_tasks, records, strict=True) if r is None]
+    if missing:
+        raise OptionError(f"{len(missing)} run(s) are not finished and evaluated yet: "
+                          f"{', '.join(missing[:8])}{' …' if len(missing) > 8 else ''}")
+    entries = list(dict.fromkeys(t.entry for t in run_tasks))
+    return report.write_report(study, entries, records, out, wall_seconds=wall_seconds)
 
 
 def replace_fields(study: StudyConfig, **changes: Any) -> StudyConfig:
     """A copy of ``study`` with top-level fields replaced (``None`` values are ignored)."""
     return replace(study, **{k: v for k, v in changes.items() if v is not None})
-

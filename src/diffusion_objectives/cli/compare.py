@@ -8,13 +8,14 @@ reuses finished runs and resumes interrupted ones.
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import yaml
 
 from .. import study as S
 from ..errors import OptionError
+from ._common import check_output_dir
 
 EXAMPLES = """examples:
   diffobj compare --out runs/study                       the default study (about 10 minutes on 2 CPU cores)
@@ -56,12 +57,25 @@ def _seeds(text: str) -> list[int]:
     return parse_seeds(text)
 
 
+def _grid(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    grid = [g.strip() for g in text.split(",")]
+    if not any(grid):
+        raise OptionError(f"--grid {text!r} names no objective; give entries like edm,sigmoid:bias=2+adaptive "
+                          "(omit --grid for the preset's grid)")
+    if not all(grid):
+        raise OptionError(f"--grid {text!r} has an empty entry")
+    return grid
+
+
 def resolve(args) -> S.StudyConfig:
+    """The study from the preset, ``--config`` and the flags, validated as a real run validates it."""
     study = S.study_preset(args.preset)
     if args.config:
         study = _load_config(args.config, study)
     changes = {
-        "grid": [g for g in args.grid.split(",") if g] if args.grid else None,
+        "grid": _grid(args.grid),
         "seeds": _seeds(args.seeds) if args.seeds else None,
         "steps": args.steps, "batch_size": args.batch_size, "jobs": args.jobs,
         "overrides": [*study.overrides, *args.set] if args.set else None,
@@ -74,21 +88,36 @@ def resolve(args) -> S.StudyConfig:
             raise OptionError(f"{name} must be a positive integer, got {value}")
     if study.evaluation.n < 2:
         raise OptionError(f"--n must be at least 2, got {study.evaluation.n}")
-    for entry in study.grid:
-        S.parse_entry(entry)
+    S.validate_study(study)
     return study
+
+
+def _run_one(study: S.StudyConfig, out: str, name: str) -> int:
+    """``--run-one ENTRY@SEED``: train and evaluate that one run (what each cluster job runs)."""
+    by_name = {t.name: t for t in S.tasks(study, out)}
+    if name not in by_name:
+        raise OptionError(f"--run-one {name!r} is not a run of this study; choose from: {', '.join(by_name)}")
+    task = by_name[name]
+    record = S.run_one(study, task.entry, task.seed, task.run_dir)
+    if record is not None:  # rank 0
+        print(f"{task.name} done: {task.run_dir / 'eval.json'}")
+    return 0
 
 
 def run(args) -> int:
     study = resolve(args)
     if args.dry_run:
-        from dataclasses import asdict
-
         print(yaml.safe_dump(asdict(study), sort_keys=False))
         return 0
     if args.out is None:
         raise OptionError("--out is required (the study directory)")
-    results = S.run_study(study, args.out)
+    check_output_dir(args.out, "--out")
+    if args.run_one is not None:
+        return _run_one(study, args.out, args.run_one)
+    if args.report_only:
+        results = S.write_study_report(study, args.out)
+    else:
+        results = S.run_study(study, args.out)
     print(f"wrote {Path(args.out) / 'report.md'} and results.json")
     print(f"verdict: {results['verdict'].get('statement', '')}")
     return 0
@@ -111,4 +140,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="training-config override for every run (repeatable), e.g. network.params.hidden=64")
     p.add_argument("--dry-run", action="store_true", help="print the resolved study and stop")
+    p.add_argument("--run-one", metavar="ENTRY@SEED",
+                   help="train and evaluate only this run (e.g. 'edm@0'), without the report: what each job of "
+                        "a cluster launch runs")
+    p.add_argument("--report-only", action="store_true",
+                   help="write the report from the finished runs; refuse if any run is unfinished")
     p.set_defaults(run=run)

@@ -8,7 +8,7 @@ from .frechet import feature_statistics, frechet_distance
 from .kid import KIDResult, kid, mmd2_unbiased, polynomial_kernel
 from .reference import Reference, load_reference, save_reference, sha256_file
 from .results import FDResult, check_reference, dataset_reference, evaluate_fd, fd_result, format_seeds
-from .toy import ToyMetrics, cross_entropy, mmd_rbf, sliced_wasserstein, toy_metrics
+from .toy import ToyMetrics, cross_entropy, knn_entropy, mmd_rbf, reverse_kl, sliced_wasserstein, toy_metrics
 
 __all__ = [
     "ClassCoverage",
@@ -30,10 +30,12 @@ __all__ = [
     "feature_statistics",
     "frechet_distance",
     "kid",
+    "knn_entropy",
     "load_reference",
     "mmd2_unbiased",
     "mmd_rbf",
     "polynomial_kernel",
+    "reverse_kl",
     "save_reference",
     "sha256_file",
     "sliced_wasserstein",
