@@ -17,7 +17,8 @@ from diffusion_objectives.training import config, train
 
 OVERRIDES = ["data.n=2048", "network.hidden=32", "network.depth=2", "network.fourier_features=16",
              "run.batch_size=32", "run.sample_every=0", "run.log_every=1", "optim.warmup_images=0",
-             "loss.adaptive.enabled=true", "loss.adaptive.bins=20", "loss.stratified=true", "run.device=cpu"]
+             "loss.adaptive.enabled=true", "loss.adaptive.bins=20", "loss.stratified=true", "run.device=cpu",
+             "run.precision=fp32"]  # fp32 tolerances below; run.precision=auto may pick bf16 on this CPU
 TIMEOUT = 180
 
 pytestmark = pytest.mark.slow

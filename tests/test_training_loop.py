@@ -193,8 +193,9 @@ def test_changed_config_on_resume_is_refused_with_a_diff(tmp_path):
 
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path):
-    a = train(config.resolve(steps=3, overrides=TOY), tmp_path / "a")
-    b = train(config.resolve(steps=3, overrides=TOY + ["run.grad_accum=4"]), tmp_path / "b")
+    fp32 = TOY + ["run.precision=fp32"]  # an fp32 identity: run.precision=auto may pick bf16 on this CPU
+    a = train(config.resolve(steps=3, overrides=fp32), tmp_path / "a")
+    b = train(config.resolve(steps=3, overrides=fp32 + ["run.grad_accum=4"]), tmp_path / "b")
     wa = load_for_inference(a["checkpoint"], ema=False).model.state_dict()
     wb = load_for_inference(b["checkpoint"], ema=False).model.state_dict()
     for k in wa:
