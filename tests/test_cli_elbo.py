@@ -40,7 +40,9 @@ def test_digits_equals_the_library(runs, capsys):
                  "--no-progress"]) == 0
     out = capsys.readouterr().out
     loaded = load_for_inference(runs / "digits")
-    target = loaded.checkpoint_dir / "elbo-test"  # the default --out: next to the checkpoint's weights
+    # the default --out: RUN/eval/<checkpoint>/elbo-SPLIT, beside the checkpoints (pruning never goes there)
+    target = runs / "digits" / "eval" / loaded.checkpoint_dir.name / "elbo-test"
+    assert not (loaded.checkpoint_dir / "elbo-test").exists()
     record = json.loads((target / "elbo.json").read_text())
     summary = record["elbo"]
     # the library, called independently: the same 40 test examples, the same seed

@@ -6,6 +6,7 @@ bad checkpoints and options that exit with code 2 and a clear message."""
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -44,7 +45,9 @@ def test_sample_evaluate_elbo_end_to_end(runs, tmp_path, capsys):
     assert main(["evaluate", str(run), "--from-samples", str(samples), "--metrics", "fd,kid,coverage,bpd,loss-std",
                  "--n-elbo", "40", "--elbo-samples", "16", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    result = json.loads((run / CKPT / "metrics.json").read_text())  # default --out: next to the checkpoint
+    # default --out: RUN/eval/<checkpoint>/metrics.json, beside the checkpoints (pruning never goes there)
+    result = json.loads((run / "eval" / Path(CKPT).name / "metrics.json").read_text())
+    assert not (run / CKPT / "metrics.json").exists()
     m = result["metrics"]
     assert set(m) == {"fd", "kid", "coverage", "bpd", "loss-std"} and _finite(result)
     assert m["fd"]["value"] >= 0 and m["fd"]["n_samples"] == 100 and m["fd"]["seeds"] == "0-99"

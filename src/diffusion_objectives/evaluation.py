@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     from .metrics import Extractor
 
 __all__ = ["SampleSettings", "GRIDS", "sampling_grid", "generate", "elbo_summary", "elbo_examples", "evaluate",
-           "METRICS", "parse_seeds", "default_extractor", "dataset_split", "extract_features", "Bar"]
+           "METRICS", "parse_seeds", "seed_ranges", "SEED_MAX", "default_extractor", "dataset_split",
+           "extract_features", "Bar", "sample_shape", "is_image"]
 
 METRICS = ("fd", "kid", "coverage", "toy", "bpd", "loss-std")
 
@@ -61,11 +62,15 @@ def sampling_grid(name: str, steps: int) -> Tensor:
         raise OptionError(f"--steps {steps}: {exc}") from None
 
 
-def parse_seeds(text: str) -> list[int]:
-    """EDM's seed syntax: ``"0-63"``, ``"1,5,9-11"`` → list of ints (errors name ``--seeds``)."""
-    seeds: list[int] = []
+SEED_MAX = 2**63 - 1  # seeds are int64 in samples.npz and torch.Generator.manual_seed
+
+
+def seed_ranges(text: str) -> list[range]:
+    """EDM's seed syntax as ranges, without building the list: ``"1,5,9-11"`` → ``[range(1, 2), range(5, 6),
+    range(9, 12)]``. Each seed must lie in 0 … :data:`SEED_MAX` (errors name ``--seeds``)."""
+    ranges: list[range] = []
     for part in filter(None, str(text).split(",")):
-        lo, sep, hi = part.partition("-")
+        lo, sep, hi = part.strip().partition("-")
         try:
             a = int(lo)
             b = int(hi) if sep else a
@@ -73,10 +78,18 @@ def parse_seeds(text: str) -> list[int]:
             raise OptionError(f"--seeds: expected ranges like 0-63 or 1,5,9-11, got {text!r}") from None
         if b < a or a < 0:
             raise OptionError(f"--seeds: bad range {part!r} in {text!r}")
-        seeds.extend(range(a, b + 1))
-    if not seeds:
+        if b > SEED_MAX:
+            raise OptionError(f"--seeds: seed {b} in {text!r} is too large; seeds lie in 0 … {SEED_MAX} (2^63 − 1)")
+        ranges.append(range(a, b + 1))
+    if not ranges:
         raise OptionError(f"--seeds: no seeds in {text!r}")
-    return seeds
+    return ranges
+
+
+def parse_seeds(text: str) -> list[int]:
+    """EDM's seed syntax: ``"0-63"``, ``"1,5,9-11"`` → list of ints (errors name ``--seeds``); see
+    :func:`seed_ranges`, which counts a request without building it."""
+    return [s for r in seed_ranges(text) for s in r]
 
 
 @dataclass(frozen=True)
@@ -115,7 +128,7 @@ def generate(loaded, seeds: Sequence[int], settings: SampleSettings = SampleSett
     labels ``[n]`` or ``None``)."""
     sample_fn = samplers.get(settings.sampler)
     grid = sampling_grid(settings.resolved_grid(), settings.steps)
-    data_shape = _data_shape(loaded)
+    data_shape = sample_shape(loaded)
     conditional = _conditional(loaded)
     num_classes = int(loaded.model.null_label) if conditional else 0
     if settings.guidance and not conditional:
@@ -140,12 +153,13 @@ def generate(loaded, seeds: Sequence[int], settings: SampleSettings = SampleSett
         if progress is not None:
             progress(min(start + batch_size, len(seeds)), len(seeds))
     x = torch.cat(out)
-    if _is_image(loaded):
+    if is_image(loaded):
         x = x.clamp(-1.0, 1.0)
     return x, (torch.cat(out_labels) if out_labels else None)
 
 
-def _data_shape(loaded) -> tuple[int, ...]:
+def sample_shape(loaded) -> tuple[int, ...]:
+    """The shape of one sample of ``loaded``'s data: ``(C, H, W)`` for images, ``(D,)`` for vectors."""
     ds = loaded.dataset(**_small(loaded))
     return tuple(ds.shape)
 
@@ -155,7 +169,8 @@ def _small(loaded) -> dict[str, Any]:
     return {"n": 16} if loaded.config.data.name in ("ring", "grid", "anisotropic") else {}
 
 
-def _is_image(loaded) -> bool:
+def is_image(loaded) -> bool:
+    """Whether ``loaded`` was trained on images (not on 2-D toy data)."""
     return loaded.config.data.name not in ("ring", "grid", "anisotropic")
 
 
@@ -295,7 +310,7 @@ def evaluate(loaded, metrics: Sequence[str] = ("fd", "kid", "bpd"), *, n: int = 
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise OptionError(f"unknown metric(s) {', '.join(unknown)}; choose from: {', '.join(METRICS)}")
-    image = _is_image(loaded)
+    image = is_image(loaded)
     for m in metrics:
         if image and m == "toy":
             raise OptionError("metric 'toy' is for 2-D toy data; use fd, kid or coverage for images")

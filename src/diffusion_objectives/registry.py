@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import math
+import numbers
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -17,7 +19,9 @@ class Registry(Generic[T]):
     """A table of named constructors whose keyword parameters are validated before the call.
 
     ``get(name, **params)`` raises :class:`OptionError` naming the unknown name (and listing the known
-    ones) or the unknown parameter (and listing the accepted ones).
+    ones), the unknown parameter (and listing the accepted ones), or a parameter given a non-finite number
+    (NaN, ±inf) where its default is finite or it has none: every route that builds an object from user
+    input (the CLI specs, ``--set``, YAML configs) passes through here.
     """
 
     def __init__(self, kind: str):
@@ -63,6 +67,7 @@ class Registry(Generic[T]):
             raise OptionError(
                 f"unknown parameter(s) {', '.join(unknown)} for {self.kind} {name!r}; allowed: {allowed}"
             )
+        _check_finite(self.kind, name, params, accepted)
         missing = [k for k, v in accepted.items() if v is inspect.Parameter.empty and k not in params]
         if missing:
             raise OptionError(f"{self.kind} {name!r} needs parameter(s): {', '.join(missing)}")
@@ -80,3 +85,14 @@ class Registry(Generic[T]):
             raise OptionError(
                 f"unknown {self.kind} {name!r}; choose from: {', '.join(self._entries)}"
             ) from None
+
+
+def _is_nonfinite(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isfinite(value)
+
+
+def _check_finite(kind: str, name: str, params: dict[str, Any], accepted: dict[str, Any]) -> None:
+    """A non-finite number is refused unless the parameter's own default is non-finite (e.g. ``s_max=inf``)."""
+    for key, value in params.items():
+        if _is_nonfinite(value) and not _is_nonfinite(accepted.get(key)):
+            raise OptionError(f"{kind} {name!r}: parameter {key} must be a finite number, got {value}")

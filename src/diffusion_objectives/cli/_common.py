@@ -25,16 +25,19 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from .. import locking
 from ..errors import OptionError
 
 __all__ = ["check_output_dir", "check_output_path", "write_atomic", "write_json", "staged_dir", "finite_float",
-           "NAME_MAX"]
+           "NAME_MAX", "add_checkpoint_arguments", "load_checkpoint", "checkpoint_info", "progress_bar",
+           "resolve_seeds", "check_resources", "sample_bytes", "ELBO_BYTES_PER_DRAW", "run_dir", "eval_dir", "hold_run"]
 
 NAME_MAX = 255  # bytes per path component on Linux, macOS and Windows file systems
 
@@ -58,22 +61,26 @@ def _check_components(path: Path, option: str) -> None:
     limit = _name_max(_nearest_existing(path.parent if path.parent != path else path))
     for part in path.parts:
         if len(os.fsencode(part)) > limit:
-            raise OptionError(f"{option} {str(path)!r}: path component {part[:40]!r}… is {len(os.fsencode(part))}"
-                              f" bytes; the file system allows at most {limit}")
+            raise _refused(option, path, f"the path component {part[:40]!r}… is {len(os.fsencode(part))} "
+                                         f"bytes; the file system allows at most {limit}")
 
 
 def _check_writable_dir(directory: Path, option: str, shown: Path) -> None:
     """``directory`` exists and is a directory this process can create files in (probed, not os.access)."""
     if not directory.is_dir():
-        raise OptionError(f"{option} {str(shown)!r}: {str(directory)!r} is not a directory")
+        raise _refused(option, shown, f"{str(directory)!r} is not a directory")
     try:
         fd, probe = tempfile.mkstemp(prefix=".diffobj-probe-", dir=directory)
     except OSError as exc:
         reason = "is read-only" if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) else exc.strerror
-        raise OptionError(f"{option} {str(shown)!r}: {str(directory)!r} {reason} (cannot create files there)"
-                          ) from None
+        raise _refused(option, shown, f"{str(directory)!r} {reason} (cannot create files there)") from None
     os.close(fd)
     os.unlink(probe)
+
+
+def _refused(option: str, path: str | os.PathLike, cause: str) -> OptionError:
+    """The one-line message of every refused output: ``--out: cannot write 'PATH': CAUSE``."""
+    return OptionError(f"{option}: cannot write {str(path)!r}: {cause}")
 
 
 def _as_path(path: str | os.PathLike, option: str) -> Path:
@@ -90,26 +97,30 @@ def check_output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
     path = _as_path(path, option)
     _check_components(path, option)
     if path.exists() and not path.is_dir():
-        raise OptionError(f"{option} {str(path)!r}: exists and is not a directory")
+        raise _refused(option, path, "it exists and is not a directory")
     _check_writable_dir(_nearest_existing(path), option, path)
     return path
 
 
-def check_output_path(path: str | os.PathLike, option: str = "--out", formats: Sequence[str] = ()) -> Path:
+def check_output_path(path: str | os.PathLike, option: str = "--out", formats: Sequence[str] = (),
+                      create_parents: bool = True) -> Path:
     """Check that ``path`` can be written as one output file; return it.
 
     ``formats``: the allowed suffixes (``(".png", ".pdf")``); any other suffix is refused with the list.
     Also refused: empty, over-long component, an existing directory or non-regular file (``/dev/null``), a
-    parent that is a file or is not writable."""
+    parent that is a file or is not writable, or (``create_parents=False``) does not exist."""
     path = _as_path(path, option)
     _check_components(path, option)
-    if formats and path.suffix.lower() not in formats:
-        raise OptionError(f"{option} {str(path)!r}: unsupported format {path.suffix or '(no suffix)'!r}; "
-                          f"use one of: {', '.join(formats)}")
     if path.is_dir():
-        raise OptionError(f"{option} {str(path)!r}: is a directory; give a file name")
+        raise _refused(option, path, "it is a directory; give a file name")
     if os.path.lexists(path) and not path.is_file():
-        raise OptionError(f"{option} {str(path)!r}: exists and is not a regular file")
+        raise _refused(option, path, "it exists and is not a regular file")
+    if formats and path.suffix.lower() not in formats:
+        raise _refused(option, path, f"unsupported format {path.suffix or '(no suffix)'!r}; use one of: "
+                                     f"{', '.join(formats)}")
+    if not create_parents and not path.parent.is_dir():
+        missing = "is not a directory" if path.parent.exists() else "does not exist"
+        raise _refused(option, path, f"the directory {str(path.parent)!r} {missing}")
     _check_writable_dir(_nearest_existing(path.parent), option, path)
     return path
 
@@ -165,6 +176,8 @@ def staged_dir(out: Path, last: Sequence[str] = ()) -> Iterator[Path]:
         names = sorted(p.name for p in stage.iterdir())
         for name in [n for n in names if n not in last] + [n for n in last if n in names]:
             os.replace(stage / name, out / name)
+    except OSError as exc:  # name the user's directory, not the temporary one
+        raise OSError(exc.errno, f"{exc.strerror or exc}; nothing was written", str(out)) from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
@@ -178,3 +191,138 @@ def finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
     return value
+
+
+# ---- commands that read a checkpoint: sample, elbo, evaluate ---------------------------------------------
+
+def add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
+    """The positional RUN_OR_CHECKPOINT, --ema/--no-ema, --device and --no-progress."""
+    p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT",
+                   help="a run directory (its newest complete checkpoint), its checkpoints/ directory or one "
+                        "checkpoint directory (checkpoints/step-NNNNNNNN)")
+    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
+                   help="use the EMA weights (default) or the raw weights (--no-ema)")
+    p.add_argument("--device", default="cpu", metavar="{cpu,cuda,auto}",
+                   help="device for the model (default cpu; auto: cuda when available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def load_checkpoint(args: argparse.Namespace):
+    """:func:`~diffusion_objectives.training.load_for_inference` of ``args.checkpoint`` (warnings on stderr)."""
+    import torch
+
+    from ..training.checkpoint import load_for_inference
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise OptionError(f"--device: expected cpu, cuda, cuda:N or auto, got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise OptionError("--device cuda: no CUDA device is available")
+    return load_for_inference(args.checkpoint, ema=args.ema, device=device,
+                              warn=lambda msg: print(f"warning: {msg}", file=sys.stderr))
+
+
+def checkpoint_info(loaded) -> dict[str, Any]:
+    """Provenance of a loaded model: checkpoint directory, step, images seen, EMA, objective, dataset."""
+    return {"checkpoint": str(loaded.checkpoint_dir), "step": loaded.step, "images_seen": loaded.images_seen,
+            "ema": loaded.ema, "objective": loaded.config.loss.objective, "dataset": loaded.config.data.name}
+
+
+def progress_bar(args: argparse.Namespace) -> Callable[[str, int], Any] | None:
+    """A tqdm factory ``bar(description, total)`` on stderr (shown on terminals), or None with --no-progress."""
+    if args.no_progress:
+        return None
+    from tqdm import tqdm
+
+    return lambda desc, total: tqdm(desc=desc, total=total, file=sys.stderr, dynamic_ncols=True, disable=None,
+                                    leave=False)
+
+
+def resolve_seeds(n: int | None, seeds: str | None, default_n: int,
+                  bytes_per_seed: Callable[[int], None] | None = None) -> list[int]:
+    """Seeds from ``--seeds`` and/or ``--n`` (``--n`` alone: 0 … n−1); both given must agree.
+
+    The request is counted before the list is built; ``bytes_per_seed(count)`` may refuse it (see
+    :func:`check_resources`), so ``--seeds 0-1000000000`` never allocates a billion integers."""
+    from ..evaluation import SEED_MAX, seed_ranges
+
+    if n is not None and not 1 <= n <= SEED_MAX + 1:
+        raise OptionError(f"--n must be a positive number of samples (at most 2^63), got {n}")
+    ranges = [range(default_n if n is None else n)] if seeds is None else seed_ranges(seeds)
+    count = sum(len(r) for r in ranges)
+    if seeds is not None and n is not None and n != count:
+        raise OptionError(f"--n {n} disagrees with --seeds {seeds!r}, which names {count} seeds")
+    if bytes_per_seed is not None:
+        bytes_per_seed(count)
+    return [s for r in ranges for s in r]
+
+
+def _available_memory() -> int:
+    """Bytes of memory available to a new allocation (MemAvailable on Linux)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return 1 << 34
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.3g} GiB" if n >= 2**27 else f"{n / 2**20:.3g} MiB"
+
+
+def check_resources(option: str, what: str, *, memory: float = 0, disk: float = 0,
+                    where: Path | None = None) -> None:
+    """Refuse a request up front (exit 2) whose estimated ``memory`` exceeds half the available memory or whose
+    estimated ``disk`` use exceeds the free space at ``where``; the message names ``option`` and the estimate."""
+    budget = _available_memory() // 2
+    if memory > budget:
+        raise OptionError(f"{option}: {what} needs about {_gib(memory)} of memory, more than half of the "
+                          f"{_gib(2 * budget)} available; ask for less (or split the request)")
+    if disk and where is not None:
+        free = shutil.disk_usage(_nearest_existing(where)).free
+        if disk > free:
+            raise OptionError(f"{option}: {what} needs about {_gib(disk)} of disk at {str(where)!r}, more than "
+                              f"the {_gib(free)} free")
+
+
+# bytes per (example, λ-draw) pair of the ELBO estimator: t (float64), its antithetic copy, the per-draw
+# terms f, the example index (int64) and their reshapes
+ELBO_BYTES_PER_DRAW = 48
+
+
+def sample_bytes(loaded, count: int) -> int:
+    """Estimated memory of ``count`` samples held until they are written: the float32 batches and their
+    concatenation, the float64 quantization, the uint8 pixels, and the seed list."""
+    from ..evaluation import sample_shape
+
+    return count * (math.prod(sample_shape(loaded)) * 21 + 120)
+
+
+def run_dir(loaded) -> Path | None:
+    """The run directory of a checkpoint ``RUN/checkpoints/step-N``, or None for a checkpoint outside a run."""
+    ckpt = Path(loaded.checkpoint_dir)
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
+
+
+def eval_dir(loaded) -> Path:
+    """Where results about a checkpoint go by default: ``RUN/eval/step-NNNNNNNN/``, beside (not inside)
+    ``RUN/checkpoints/``, so that checkpoint pruning never deletes them; ``raw`` is appended for --no-ema.
+    A checkpoint outside a run: ``<its parent>/eval/<its name>/``."""
+    ckpt = Path(loaded.checkpoint_dir)
+    name = ckpt.name if loaded.ema else f"{ckpt.name}-raw"
+    return (run_dir(loaded) or ckpt.parent) / "eval" / name
+
+
+def hold_run(loaded, out: Path, command: str) -> contextlib.AbstractContextManager:
+    """The run's lock (:func:`~diffusion_objectives.locking.hold`) when ``out`` lies inside the run directory,
+    so results are not written while ``diffobj train`` rewrites the run; otherwise nothing."""
+    run = run_dir(loaded)
+    if run is None:
+        return contextlib.nullcontext()
+    if not Path(os.path.abspath(out)).is_relative_to(os.path.abspath(run)):
+        return contextlib.nullcontext()
+    return locking.hold(run, command)

@@ -7,8 +7,14 @@ spent. It is :func:`diffusion_objectives.evaluation.elbo_summary` of the same ex
 ``diffobj evaluate``'s ``bpd`` uses (a fixed permutation of the split, seed 0), so the two agree for the
 same --n, --samples and --seed. Class-conditional models give the conditional ELBO, −log p(x | label).
 
-Writes into --out (default: CHECKPOINT/elbo-SPLIT/): ``elbo.json`` (the numbers and their provenance),
-``per_logsnr.csv`` (λ-bins and the mean diffusion term in each, in the unit above) and ``per_logsnr.png``.
+Writes into --out (default RUN/eval/step-NNNNNNNN/elbo-SPLIT/, with ``-raw`` after the step for --no-ema:
+beside the checkpoints, never inside them, so checkpoint pruning never deletes results):
+``elbo.json`` (the numbers and their provenance), ``per_logsnr.csv`` (λ-bins and the mean diffusion term
+in each, in the unit above) and ``per_logsnr.png``. The three files appear together or not at all
+(``elbo.json`` last), and the run's lock is held while writing into a run.
+
+The estimator holds about 48 bytes per (example, λ-draw) pair in memory: a request (--n × --samples) that
+needs more than half of the available memory is refused up front with its estimate (exit 2).
 """
 
 from __future__ import annotations
@@ -16,10 +22,22 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import io
-from pathlib import Path
 
 from ..errors import OptionError
-from .sample import add_checkpoint_arguments, checkpoint_info, load_checkpoint, progress_bar, write_atomic, write_json
+from ._common import (
+    ELBO_BYTES_PER_DRAW,
+    add_checkpoint_arguments,
+    check_output_dir,
+    check_resources,
+    checkpoint_info,
+    eval_dir,
+    hold_run,
+    load_checkpoint,
+    progress_bar,
+    staged_dir,
+    write_atomic,
+    write_json,
+)
 
 EXAMPLES = """examples:
   diffobj elbo runs/digits                                   test split, 1000 examples, 32 λ-draws each
@@ -78,21 +96,25 @@ def run(args: argparse.Namespace) -> int:
         raise OptionError(f"--samples (λ-draws per example) must be a positive multiple of 8, got {args.samples}")
     if args.batch_size < 1:
         raise OptionError(f"--batch-size must be positive, got {args.batch_size}")
+    out = check_output_dir(args.out) if args.out is not None else None
     loaded = load_checkpoint(args)
+    out = out or check_output_dir(eval_dir(loaded) / f"elbo-{args.split}")
     x, labels, levels = E.elbo_examples(loaded, args.split, args.n)
+    check_resources("--samples", f"{x.shape[0]} examples x {args.samples} λ-draws",
+                    memory=x.shape[0] * args.samples * ELBO_BYTES_PER_DRAW)
     with torch.no_grad():
         summary, _ = E.elbo_summary(loaded, x, levels, samples=args.samples, seed=args.seed, labels=labels,
                                     batch_size=args.batch_size, bar=progress_bar(args))
-    out = Path(args.out) if args.out else loaded.checkpoint_dir / f"elbo-{args.split}"
     record = {**checkpoint_info(loaded), "split": args.split,
               "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
               "elbo": summary}
     unit = summary["unit"] if levels is not None else "nats per example"
-    write_json(out / "elbo.json", record)
-    write_atomic(out / "per_logsnr.csv", csv_text(summary))
     title = (f"{loaded.checkpoint_dir.parent.parent.name}/{loaded.checkpoint_dir.name}: −ELBO "
              f"{summary['value']:.4f} ± {summary['se']:.4f} {summary['unit']} ({args.split}, n = {x.shape[0]})")
-    write_atomic(out / "per_logsnr.png", plot_png(summary, title))
+    with hold_run(loaded, out, "diffobj elbo"), staged_dir(out, last=("elbo.json",)) as stage:
+        write_atomic(stage / "per_logsnr.csv", csv_text(summary))
+        write_atomic(stage / "per_logsnr.png", plot_png(summary, title))
+        write_json(stage / "elbo.json", record)
     print(f"{loaded.checkpoint_dir} (step {loaded.step}, {'EMA' if loaded.ema else 'raw'} weights)")
     print(f"−ELBO on {x.shape[0]} {args.split} examples ({args.samples} λ-draws each, seed {args.seed}):"
           f" {summary['value']:.6f} ± {summary['se']:.6f} {unit}")
@@ -115,5 +137,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="λ-draws per example, a multiple of 8 (8 antithetic replicates; default 32)")
     p.add_argument("--seed", type=int, default=0, help="seed of the λ and noise draws (default 0)")
     p.add_argument("--batch-size", type=int, default=4096, help="rows per network call (default 4096)")
-    p.add_argument("--out", default=None, metavar="DIR", help="output directory (default CHECKPOINT/elbo-SPLIT)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output directory (default RUN/eval/step-NNNNNNNN/elbo-SPLIT, beside the checkpoints)")
     p.set_defaults(run=run)

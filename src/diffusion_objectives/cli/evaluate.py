@@ -13,7 +13,12 @@ Metrics (--metrics, comma-separated):
 Samples are drawn with seeds (--seeds, or 0 … n−1) as ``diffobj sample`` draws them, or read from a
 ``diffobj sample`` output (--from-samples DIR or .npz). The result carries the provenance of every number
 (checkpoint, step, EMA, sampler, seeds, extractor and its sha256, reference) and is written atomically to
---out (default: CHECKPOINT/metrics.json, next to the weights it describes; an existing file is replaced).
+--out (default RUN/eval/step-NNNNNNNN/metrics.json, with ``-raw`` after the step for --no-ema: beside the
+checkpoints, never inside them, so checkpoint pruning never deletes it; an existing file is replaced). The
+run's lock is held while writing into a run.
+
+--from-samples must hold samples of this model's shape; a request for more samples or ELBO draws than half
+of the available memory holds is refused up front with its estimate (exit 2).
 """
 
 from __future__ import annotations
@@ -24,7 +29,20 @@ import sys
 from pathlib import Path
 
 from ..errors import OptionError
-from .sample import add_checkpoint_arguments, load_checkpoint, progress_bar, resolve_seeds, write_json
+from ._common import (
+    ELBO_BYTES_PER_DRAW,
+    add_checkpoint_arguments,
+    check_output_path,
+    check_resources,
+    eval_dir,
+    finite_float,
+    hold_run,
+    load_checkpoint,
+    progress_bar,
+    resolve_seeds,
+    sample_bytes,
+    write_json,
+)
 
 EXAMPLES = """examples:
   diffobj evaluate runs/digits                                    fd,kid,bpd with 1000 samples
@@ -52,33 +70,48 @@ def parse_metrics(text: str | None, image: bool | None = None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def read_samples(path: str | Path, levels: int | None):
+def read_samples(path: str | Path, levels: int | None, shape: tuple[int, ...]):
     """Samples written by ``diffobj sample``: (x ``[N, ...]`` float32, labels or None, seeds or None, the
-    ``samples.json`` record or None). Images are read as the ``npz`` dataset with ``levels``."""
+    ``samples.json`` record or None). Images are read as the ``npz`` dataset with ``levels``; ``shape`` is the
+    model's sample shape ``(C, H, W)`` or ``(D,)``, which the samples must have."""
     import numpy as np
     import torch
 
     from .. import data
+    from ..metrics.reference import read_npz
 
     p = Path(path)
     if p.is_dir():
         p = p / "samples.npz"
     if not p.is_file():
         raise OptionError(f"--from-samples: {str(p)!r} not found (a `diffobj sample` directory or its samples.npz)")
-    meta_file = p.parent / "samples.json"
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else None
-    try:
-        with np.load(p, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError) as exc:
-        raise OptionError(f"--from-samples: cannot read {str(p)!r} ({exc})") from None
+    arrays = read_npz(p, f"--from-samples: {str(p)!r}", "the samples.npz written by `diffobj sample`")
     if "arr_0" not in arrays:
         raise OptionError(f"--from-samples: {str(p)!r} has no arr_0")
+    x = arrays["arr_0"]
+    got = tuple(x.shape[1:]) if x.dtype != np.uint8 or x.ndim != 4 else (x.shape[3], x.shape[1], x.shape[2])
+    if x.ndim < 2 or got != tuple(shape):
+        raise OptionError(f"--from-samples: {str(p)!r} holds samples of shape {list(x.shape)}; this model draws "
+                          f"{list(shape)} (images are stored as [N, H, W, C]): samples of another model?")
+    meta = _read_meta(p.parent / "samples.json")
     seeds = [int(s) for s in arrays["seeds"]] if "seeds" in arrays else None
-    if arrays["arr_0"].dtype == np.uint8:
+    if x.dtype == np.uint8:
         ds = data.get("npz", path=str(p), levels=levels or 256)
         return ds.data, ds.labels, seeds, meta
-    return torch.from_numpy(arrays["arr_0"].astype(np.float32)), None, seeds, meta
+    return torch.from_numpy(x.astype(np.float32)), None, seeds, meta
+
+
+def _read_meta(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise OptionError(f"--from-samples: {str(path)!r} is not a samples.json of `diffobj sample` ({exc})"
+                          ) from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("sampling"), dict):
+        raise OptionError(f"--from-samples: {str(path)!r} is not a samples.json of `diffobj sample`")
+    return meta
 
 
 def _print_table(result: dict) -> None:
@@ -105,6 +138,33 @@ def _print_table(result: dict) -> None:
     print("\n".join(lines))
 
 
+def _given_samples(args: argparse.Namespace, loaded, settings, image: bool):
+    """(samples, labels, seeds, settings) of --from-samples, or Nones and the seeds of --n/--seeds (whose
+    memory is estimated before the list is built)."""
+    from .. import evaluation as E
+
+    if not args.from_samples:
+        seeds = resolve_seeds(args.n, args.seeds, default_n=1000, bytes_per_seed=lambda count: check_resources(
+            "--seeds/--n", f"{count} samples", memory=sample_bytes(loaded, count)))
+        return None, None, seeds, settings
+    if args.n is not None or args.seeds is not None:
+        raise OptionError("--from-samples takes the samples and seeds of the file; drop --n and --seeds")
+    levels = E.dataset_split(loaded, "train").levels if image else None
+    samples, labels, seeds, meta = read_samples(args.from_samples, levels, E.sample_shape(loaded))
+    seeds = seeds or list(range(samples.shape[0]))
+    if meta is not None:
+        if meta.get("checkpoint") != str(loaded.checkpoint_dir) or meta.get("ema") != loaded.ema:
+            print(f"warning: {args.from_samples} holds samples of {meta.get('checkpoint')} "
+                  f"(ema={meta.get('ema')}), not of {loaded.checkpoint_dir} (ema={loaded.ema})", file=sys.stderr)
+        try:
+            settings = E.SampleSettings(**{k: meta["sampling"][k] for k in ("sampler", "steps", "grid", "guidance",
+                                                                             "ema")})
+        except KeyError as exc:
+            raise OptionError(f"--from-samples: samples.json beside {args.from_samples} lacks sampling.{exc.args[0]}"
+                              ) from None
+    return samples, labels, seeds, settings
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -121,24 +181,16 @@ def run(args: argparse.Namespace) -> int:
         raise OptionError(f"--elbo-samples (λ-draws per example) must be a multiple of 8, got {args.elbo_samples}")
     if args.extractor_path and args.extractor not in (None, "inception"):
         raise OptionError("--extractor-path is for --extractor inception")
+    if args.seeds is not None:
+        E.seed_ranges(args.seeds)
+    out = check_output_path(args.out) if args.out is not None else None
     loaded = load_checkpoint(args)
-    image = loaded.config.data.name not in ("ring", "grid", "anisotropic")
+    out = out or check_output_path(eval_dir(loaded) / "metrics.json")
+    image = E.is_image(loaded)
     metrics = metrics or parse_metrics(None, image)
-    samples = labels = None
-    if args.from_samples:
-        if args.n is not None or args.seeds is not None:
-            raise OptionError("--from-samples takes the samples and seeds of the file; drop --n and --seeds")
-        levels = E.dataset_split(loaded, "train").levels if image else None
-        samples, labels, seeds, meta = read_samples(args.from_samples, levels)
-        seeds = seeds or list(range(samples.shape[0]))
-        if meta is not None:
-            if meta.get("checkpoint") != str(loaded.checkpoint_dir) or meta.get("ema") != loaded.ema:
-                print(f"warning: {args.from_samples} holds samples of {meta.get('checkpoint')} "
-                      f"(ema={meta.get('ema')}), not of {loaded.checkpoint_dir} (ema={loaded.ema})", file=sys.stderr)
-            settings = E.SampleSettings(**{k: meta["sampling"][k] for k in ("sampler", "steps", "grid", "guidance",
-                                                                             "ema")})
-    else:
-        seeds = resolve_seeds(args.n, args.seeds, default_n=1000)
+    check_resources("--elbo-samples", f"{args.n_elbo} examples x {args.elbo_samples} λ-draws",
+                    memory=args.n_elbo * args.elbo_samples * ELBO_BYTES_PER_DRAW)
+    samples, labels, seeds, settings = _given_samples(args, loaded, settings, image)
     extractor = None
     if any(m in metrics for m in ("fd", "kid", "coverage")) and image:
         name = args.extractor or E.default_extractor(loaded.config.data.name)
@@ -152,8 +204,8 @@ def run(args: argparse.Namespace) -> int:
                             bar=progress_bar(args))
     if args.from_samples:
         result["sampling"]["file"] = str(args.from_samples)
-    out = Path(args.out) if args.out else loaded.checkpoint_dir / "metrics.json"
-    write_json(out, result)
+    with hold_run(loaded, out, "diffobj evaluate"):
+        write_json(out, result)
     print(f"{loaded.checkpoint_dir} (step {loaded.step}, {'EMA' if loaded.ema else 'raw'} weights)")
     _print_table(result)
     print(f"wrote {out}")
@@ -179,7 +231,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=32, help="grid points (default 32)")
     p.add_argument("--grid", default=None, choices=GRIDS.names(),
                    help="λ-grid (default: edm for heun and dpmpp-2m, cosine otherwise)")
-    p.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance scale (conditional models)")
+    p.add_argument("--guidance", type=finite_float, default=0.0,
+                   help="classifier-free guidance scale (conditional models)")
     p.add_argument("--batch-size", type=int, default=256, help="samples per network batch (default 256)")
     p.add_argument("--split", default="test", help="split for bpd and loss-std (default test)")
     p.add_argument("--n-elbo", type=int, default=256, help="examples for bpd and loss-std (default 256)")
@@ -194,5 +247,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ref", default=None, metavar="NPZ",
                    help="reference statistics (mu, sigma) from `diffobj fid-ref` for fd (default: computed from "
                         "the training split)")
-    p.add_argument("--out", default=None, metavar="JSON", help="output file (default CHECKPOINT/metrics.json)")
+    p.add_argument("--out", default=None, metavar="JSON",
+                   help="output file (default RUN/eval/step-NNNNNNNN/metrics.json, beside the checkpoints)")
     p.set_defaults(run=run)

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import yaml
 
 from ..errors import OptionError
-from .sample import progress_bar, write_atomic
+from ._common import check_output_path, progress_bar, write_atomic
 
 EXAMPLES = """examples:
   diffobj fid-ref digits --out refs/digits-train.npz                         classifier-digits features
@@ -46,19 +45,20 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation import default_extractor, extract_features
 
     params = parse_params(args.params)
+    out = check_output_path(args.out, formats=(".npz",))
+    if out.exists() and not args.overwrite:
+        raise OptionError(f"--out {str(out)!r} exists; pass --overwrite to replace it")
     ds = data.get(args.dataset, **params)
     if ds.data.ndim != 4:
         raise OptionError(f"dataset {args.dataset!r} is not image data (shape {list(ds.shape)}); fid-ref needs "
                           "images [N, C, H, W]")
+    if ds.data.shape[0] < 2:
+        raise OptionError(f"dataset {args.dataset!r}{' with ' + ' '.join(args.params) if args.params else ''} has "
+                          f"{ds.data.shape[0]} image(s); reference statistics (a covariance) need at least 2")
     name = args.extractor or default_extractor(args.dataset)
     if args.extractor_path and name != "inception":
         raise OptionError("--extractor-path is for --extractor inception")
     ext = M.get_extractor(name, **({"path": args.extractor_path} if args.extractor_path else {}))
-    out = Path(args.out)
-    if out.suffix != ".npz":
-        raise OptionError(f"--out {str(out)!r}: give a file name ending in .npz")
-    if out.exists() and not args.overwrite:
-        raise OptionError(f"--out {str(out)!r} exists; pass --overwrite to replace it")
     features = extract_features(ext, ds.data, progress_bar(args))
     mu, sigma = M.feature_statistics(features)
     tmp = out.parent / f".{out.name}.tmp.npz"
@@ -66,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         M.save_reference(tmp, mu, sigma, extractor=ext, n_samples=features.shape[0])
         write_atomic(out, tmp.read_bytes())
+    except OSError as exc:  # e.g. a full disk: name --out, not the temporary file
+        raise OSError(exc.errno, exc.strerror or str(exc), str(out)) from None
     finally:
         tmp.unlink(missing_ok=True)
     ref = M.load_reference(out)

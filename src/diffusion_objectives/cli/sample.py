@@ -3,8 +3,10 @@
 Sample i depends only on seed i (its initial noise and, for a stochastic sampler, its own generator), so
 any ``--batch-size`` gives the same samples; a class-conditional model draws seed i with label i mod C.
 
-Writes into --out (created if needed; files of the same name are replaced atomically, other files are
-left alone; samples.json and samples.npz always describe the latest command):
+Writes into --out (created if needed). The outputs of one command appear all or nothing: they are written
+into a temporary sibling directory and moved into --out only when every file is complete, with
+``samples.json`` last (the previous one is removed first, so it never describes new images). Files of the
+same name are replaced; other files in --out are left alone.
 
 - images: ``seed-NNNNNN.png`` per seed (8-bit: grey level k of K becomes round(255 k / (K − 1))), ``grid.png``
   (the first 256 samples) and ``samples.npz`` with ``arr_0`` uint8 ``[N, H, W, C]`` (the ADM/EDM layout;
@@ -13,18 +15,16 @@ left alone; samples.json and samples.npz always describe the latest command):
 - 2-D toy data: ``samples.npz`` with ``arr_0`` float32 ``[N, 2]`` and ``seeds``, and ``samples.png`` (scatter).
 - ``samples.json``: the provenance (checkpoint, step, EMA, sampler, grid, steps, guidance, seeds).
 
-The helpers below (checkpoint argument, seeds, progress bars, atomic writes) are shared by ``diffobj elbo``
-and ``diffobj evaluate``.
+The samples are held in memory until they are written: a request whose estimated memory exceeds half of
+the available memory, or whose files would not fit on the disk, is refused before anything is drawn
+(exit 2, with the estimate). Seeds lie in 0 … 2^63 − 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import json
-import os
-import sys
-import uuid
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,109 +32,33 @@ from typing import Any
 import numpy as np
 
 from ..errors import OptionError
+from ._common import (
+    add_checkpoint_arguments,
+    check_output_dir,
+    check_resources,
+    checkpoint_info,
+    finite_float,
+    hold_run,
+    load_checkpoint,
+    progress_bar,
+    resolve_seeds,
+    sample_bytes,
+    staged_dir,
+    write_atomic,
+    write_json,
+)
 
 EXAMPLES = """examples:
   diffobj sample runs/digits --out samples/digits                        64 samples, seeds 0-63, Heun 32 steps
   diffobj sample runs/digits --sampler heun --steps 32 --n 64 --seeds 0-63 --out samples/d
   diffobj sample runs/digits/checkpoints/step-00002000 --no-ema --seeds 100-199 --out samples/raw
   diffobj sample runs/digits --sampler ancestral --steps 256 --grid cosine --out samples/anc
+  diffobj sample runs/in64 --sampler edm-stochastic --steps 256 --out s/in64  EDM's ImageNet-64 FID sampler
   diffobj sample runs/digits --guidance 1.5 --out samples/cfg             classifier-free guidance
   diffobj sample runs/toy --n 4096 --out samples/toy                      2-D data: samples.npz + scatter
 """
 
 GRID_MAX = 256  # samples shown in grid.png
-
-
-# ---- shared by sample / elbo / evaluate ---------------------------------------------------------------
-
-def add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
-    """The positional RUN_OR_CHECKPOINT, --ema/--no-ema, --device and --no-progress."""
-    p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT",
-                   help="a run directory (its newest complete checkpoint), its checkpoints/ directory or one "
-                        "checkpoint directory (checkpoints/step-NNNNNNNN)")
-    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
-  diffobj sample runs/in64 --sampler edm-stochastic --steps 256 --out s/in64  EDM's ImageNet-64 FID sampler
-                   help="use the EMA weights (default) or the raw weights (--no-ema)")
-    p.add_argument("--device", default="cpu", metavar="{cpu,cuda,auto}",
-                   help="device for the model (default cpu; auto: cuda when available)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def load_checkpoint(args: argparse.Namespace):
-    """:func:`~diffusion_objectives.training.load_for_inference` of ``args.checkpoint`` (warnings on stderr)."""
-    import torch
-
-    from ..training.checkpoint import load_for_inference
-
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise OptionError(f"--device: expected cpu, cuda, cuda:N or auto, got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise OptionError("--device cuda: no CUDA device is available")
-    return load_for_inference(args.checkpoint, ema=args.ema, device=device,
-                              warn=lambda msg: print(f"warning: {msg}", file=sys.stderr))
-
-
-def resolve_seeds(n: int | None, seeds: str | None, default_n: int) -> list[int]:
-    """Seeds from ``--seeds`` and/or ``--n`` (``--n`` alone: 0 … n−1); both given must agree."""
-    from ..evaluation import parse_seeds
-
-    if n is not None and n < 1:
-        raise OptionError(f"--n must be a positive number of samples, got {n}")
-    if seeds is None:
-        return list(range(default_n if n is None else n))
-    out = parse_seeds(seeds)
-    if n is not None and n != len(out):
-        raise OptionError(f"--n {n} disagrees with --seeds {seeds!r}, which names {len(out)} seeds")
-    return out
-
-
-def progress_bar(args: argparse.Namespace) -> Callable[[str, int], Any] | None:
-    """A tqdm factory ``bar(description, total)`` on stderr (shown on terminals), or None with --no-progress."""
-    if args.no_progress:
-        return None
-    from tqdm import tqdm
-
-    return lambda desc, total: tqdm(desc=desc, total=total, file=sys.stderr, dynamic_ncols=True, disable=None,
-                                    leave=False)
-
-
-def write_atomic(path: str | Path, data: bytes | str | Callable[[Any], None], fsync: bool = True) -> Path:
-    """Write ``path`` atomically: into a temporary file in the same directory, then ``os.replace``.
-    ``data``: bytes, text, or a function that writes to a binary file object. ``fsync=False`` skips the
-    flush to disk (for many small files that can be rewritten)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            if callable(data):
-                data(f)
-            else:
-                f.write(data.encode() if isinstance(data, str) else data)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OptionError(f"cannot write {str(path)!r}: {exc}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_json(path: str | Path, obj: Any) -> Path:
-    return write_atomic(path, json.dumps(obj, indent=1, allow_nan=False) + "\n")
-
-
-def checkpoint_info(loaded) -> dict[str, Any]:
-    """Provenance of a loaded model: checkpoint directory, step, images seen, EMA, objective, dataset."""
-    return {"checkpoint": str(loaded.checkpoint_dir), "step": loaded.step, "images_seen": loaded.images_seen,
-            "ema": loaded.ema, "objective": loaded.config.loss.objective, "dataset": loaded.config.data.name}
 
 
 # ---- images -------------------------------------------------------------------------------------------
@@ -212,18 +136,19 @@ def _write_points(x, seeds: list[int], out: Path, title: str) -> list[str]:
 
 # ---- the command ----------------------------------------------------------------------------------------
 
-def run(args: argparse.Namespace) -> int:
+def _request_size(loaded, count: int, png: bool, out: Path) -> None:
+    """Refuse ``count`` samples up front if they would not fit in memory or on the disk (exit 2)."""
     from .. import evaluation as E
 
-    seeds = resolve_seeds(args.n, args.seeds, default_n=64)
-    settings = E.SampleSettings(args.sampler, args.steps, args.grid, args.guidance, args.ema)
-    E.sampling_grid(settings.resolved_grid(), settings.steps)  # validates --steps before loading anything
-    if args.batch_size < 1:
-        raise OptionError(f"--batch-size must be positive, got {args.batch_size}")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise OptionError(f"--out {str(out)!r} exists and is not a directory")
-    loaded = load_checkpoint(args)
+    shape = E.sample_shape(loaded)
+    disk = count * (math.prod(shape) + 16 + (4096 if png and E.is_image(loaded) else 0))
+    check_resources("--seeds/--n", f"{count} samples of shape {list(shape)}", memory=sample_bytes(loaded, count),
+                    disk=disk, where=out)
+
+
+def _draw(loaded, seeds: list[int], settings, args: argparse.Namespace):
+    from .. import evaluation as E
+
     bar = progress_bar(args)
     progress = bar(f"sampling ({settings.sampler}, {settings.steps} steps)", len(seeds)) if bar else None
     done = [0]
@@ -236,21 +161,42 @@ def run(args: argparse.Namespace) -> int:
     x, labels = E.generate(loaded, seeds, settings, batch_size=args.batch_size, progress=hook)
     if progress:
         progress.close()
-    out.mkdir(parents=True, exist_ok=True)
-    image = loaded.config.data.name not in ("ring", "grid", "anisotropic")
-    levels = E.dataset_split(loaded, "train").levels if image else None
-    if image:
-        written = _write_images(x, labels, seeds, levels, out, args.png, bar)
-    else:
-        written = _write_points(x, seeds, out, f"{loaded.checkpoint_dir.name}: {len(seeds)} samples, "
-                                               f"{settings.sampler} {settings.steps} steps")
-    from ..metrics.results import format_seeds
+    if not bool(x.isfinite().all()):
+        bad = int((~x.isfinite()).flatten(1).any(1).sum())
+        raise RuntimeError(f"{bad} of {len(seeds)} samples hold non-finite values (NaN or inf); nothing was "
+                           "written (is the checkpoint diverged?)")
+    return x, labels
 
-    meta = {**checkpoint_info(loaded), "sampling": {**settings.as_dict(), "ema": loaded.ema},
-            "n": len(seeds), "seeds": format_seeds(seeds), "levels": levels,
-            "layout": "arr_0 uint8 [N, H, W, C]" if image else "arr_0 float32 [N, D]",
-            "labels": "arr_1 = seed mod num_classes" if labels is not None else None}
-    write_json(out / "samples.json", meta)
+
+def run(args: argparse.Namespace) -> int:
+    from .. import evaluation as E
+
+    settings = E.SampleSettings(args.sampler, args.steps, args.grid, args.guidance, args.ema)
+    E.sampling_grid(settings.resolved_grid(), settings.steps)  # validates --steps before loading anything
+    if args.seeds is not None:
+        E.seed_ranges(args.seeds)  # syntax and range, before loading anything
+    if args.batch_size < 1:
+        raise OptionError(f"--batch-size must be positive, got {args.batch_size}")
+    out = check_output_dir(args.out)
+    loaded = load_checkpoint(args)
+    seeds = resolve_seeds(args.n, args.seeds, default_n=64,
+                          bytes_per_seed=lambda count: _request_size(loaded, count, args.png, out))
+    x, labels = _draw(loaded, seeds, settings, args)
+    image = E.is_image(loaded)
+    levels = E.dataset_split(loaded, "train").levels if image else None
+    with hold_run(loaded, out, "diffobj sample"), staged_dir(out, last=("samples.json",)) as stage:
+        if image:
+            written = _write_images(x, labels, seeds, levels, stage, args.png, progress_bar(args))
+        else:
+            written = _write_points(x, seeds, stage, f"{loaded.checkpoint_dir.name}: {len(seeds)} samples, "
+                                                     f"{settings.sampler} {settings.steps} steps")
+        from ..metrics.results import format_seeds
+
+        meta = {**checkpoint_info(loaded), "sampling": {**settings.as_dict(), "ema": loaded.ema},
+                "n": len(seeds), "seeds": format_seeds(seeds), "levels": levels,
+                "layout": "arr_0 uint8 [N, H, W, C]" if image else "arr_0 float32 [N, D]",
+                "labels": "arr_1 = seed mod num_classes" if labels is not None else None}
+        write_json(stage / "samples.json", meta)
     print(f"{len(seeds)} samples from {loaded.checkpoint_dir} (step {loaded.step}, "
           f"{'EMA' if loaded.ema else 'raw'} weights), {settings.sampler} {settings.steps} steps on the "
           f"{settings.resolved_grid()} grid; wrote {', '.join(written)}, samples.json to {out}")
@@ -274,7 +220,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", default=None, help="seeds, e.g. 0-63 or 1,5,9-11 (must agree with --n)")
     p.add_argument("--batch-size", type=int, default=256, help="samples per network batch (default 256; "
                                                                "does not change the samples)")
-    p.add_argument("--guidance", type=float, default=0.0,
+    p.add_argument("--guidance", type=finite_float, default=0.0,
                    help="classifier-free guidance scale g: ε̂ = (1+g) ε̂(z, c) − g ε̂(z, ∅) (conditional models)")
     p.add_argument("--png", action=argparse.BooleanOptionalAction, default=True,
                    help="write one PNG per seed (default); --no-png writes only grid.png and samples.npz")

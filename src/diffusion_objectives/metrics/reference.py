@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import OptionError
 from .frechet import as_float64
 
-__all__ = ["Reference", "load_reference", "save_reference", "sha256_file"]
+__all__ = ["Reference", "load_reference", "save_reference", "sha256_file", "read_npz"]
 
 _META_KEYS = ("extractor", "extractor_checksum", "n_samples")
 
@@ -66,6 +66,21 @@ def save_reference(path: str | Path, mu, sigma, *, extractor=None, n_samples: in
     return load_reference(path)
 
 
+def read_npz(path: str | Path, what: str, expected: str) -> dict[str, np.ndarray]:
+    """The arrays of the ``.npz`` file ``path`` (read without pickles). An empty file, a file that is not an
+    ``.npz`` (zip) archive or a damaged one is an :class:`OptionError` ``"<what> is ...; expected <expected>"``."""
+    raw = Path(path).read_bytes()
+    if not raw:
+        raise OptionError(f"{what} is empty (0 bytes); expected {expected}")
+    if not raw.startswith(b"PK"):
+        raise OptionError(f"{what} is not an .npz (zip) archive; expected {expected}")
+    try:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise OptionError(f"cannot read {what} ({exc}); expected {expected}") from None
+
+
 def load_reference(path: str | Path) -> Reference:
     """Read an ``.npz`` holding ``mu`` ``[D]`` and ``sigma`` ``[D, D]``; an :class:`OptionError` names the
     file and what was expected when it is missing or malformed."""
@@ -73,14 +88,7 @@ def load_reference(path: str | Path) -> Reference:
     expected = "an .npz file with arrays 'mu' [D] and 'sigma' [D, D] (EDM / clean-fid reference statistics)"
     if not path.is_file():
         raise OptionError(f"reference statistics {str(path)!r} not found; expected {expected}")
-    raw = path.read_bytes()
-    try:
-        with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise OptionError(
-            f"cannot read reference statistics {str(path)!r} ({exc}); expected {expected}"
-        ) from None
+    arrays = read_npz(path, f"reference statistics {str(path)!r}", expected)
     missing = [k for k in ("mu", "sigma") if k not in arrays]
     if missing:
         raise OptionError(
@@ -98,4 +106,4 @@ def load_reference(path: str | Path) -> Reference:
             f" expected {expected}"
         )
     meta = {k: str(arrays[k]) for k in _META_KEYS if k in arrays}
-    return Reference(mu, sigma, str(path), hashlib.sha256(raw).hexdigest(), meta)
+    return Reference(mu, sigma, str(path), sha256_file(path), meta)
