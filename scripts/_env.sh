@@ -13,7 +13,7 @@ STAMP=.venv/.installed
 WANT="$(cat pyproject.toml requirements/constraints.txt | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -m pip install -q -c requirements/constraints.txt -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -m pip install -q -c requirements/constraints.txt -e ".[dev,cluster]" 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/python -c "import torch, diffusion_objectives" || { echo "installation failed" >&2; exit 1; }
   echo "$WANT" > "$STAMP"
 fi

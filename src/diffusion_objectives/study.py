@@ -337,7 +337,8 @@ def run_one(study: StudyConfig, entry: GridEntry, seed: int, run_dir: str | Path
         if summary.get("status") != "finished":
             raise RuntimeError(f"run {task.run_dir} stopped at step {summary.get('step')}")
     train_s = time.perf_counter() - t0
-    return _evaluate(study, task, cfg, summary, train_s if trained_now else summary.get("elapsed_s"))
+    with locking.hold(task.run_dir, "diffobj compare (evaluating the run)"):  # training held it until now
+        return _evaluate(study, task, cfg, summary, train_s if trained_now else summary.get("elapsed_s"))
 
 
 def _evaluate(study: StudyConfig, task: RunTask, cfg: TrainConfig, summary: dict[str, Any],

@@ -2,7 +2,9 @@
 
 Runs the grid of objectives × seeds (each a normal training run under OUT/runs/), evaluates every run with
 the same protocol and writes OUT/report.md, OUT/results.json and the plots. Rerunning the same command
-reuses finished runs and resumes interrupted ones.
+reuses finished runs and resumes interrupted ones; a run trained with other settings than the ones asked
+for is refused (exit 2, naming the difference), so a report never mixes settings. The runs can be
+launched on this machine, as Slurm jobs (--launcher submitit) or by any scheduler (--print-commands).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from .. import launchers as L
 from .. import study as S
 from ..errors import OptionError
 from ._common import check_output_dir
@@ -23,7 +26,15 @@ EXAMPLES = """examples:
   diffobj compare --grid edm,sigmoid:bias=2+adaptive --seeds 0-2 --steps 500 --out runs/small
   diffobj compare --config study.yaml --out runs/mine    a YAML file with StudyConfig fields
   diffobj compare --out runs/study --dry-run             print the resolved study and stop
+  diffobj compare --preset digits --out /shared/digits --launcher submitit --slurm-partition gpu
+      --slurm-gpus-per-run 1 --slurm-time 60           one Slurm job per (entry, seed), as a job array
+  diffobj compare --preset imagenet64 --out /shared/in64 --nproc-per-run 8 --print-commands
+                                                         torchrun commands for another scheduler
 """
+
+
+_SLURM_FLAGS = ("slurm_partition", "slurm_gpus_per_run", "slurm_time", "slurm_cpus_per_run", "slurm_mem_gb",
+                "slurm_account", "slurm_qos")
 
 
 def _load_config(path: str, base: S.StudyConfig) -> S.StudyConfig:
@@ -104,8 +115,44 @@ def _run_one(study: S.StudyConfig, out: str, name: str) -> int:
     return 0
 
 
+def _launcher(args, study: S.StudyConfig):
+    """The launcher the flags ask for (``None``: the study's default, a local process pool)."""
+    if args.launcher == "submitit":
+        given = {"partition": args.slurm_partition, "gpus_per_run": args.slurm_gpus_per_run,
+                 "time_min": args.slurm_time, "cpus_per_run": args.slurm_cpus_per_run, "mem_gb": args.slurm_mem_gb,
+                 "account": args.slurm_account, "qos": args.slurm_qos}
+        slurm = L.SlurmOptions(**{k: v for k, v in given.items() if v is not None})
+        try:
+            return L.SubmititLauncher(slurm, nproc=args.nproc_per_run)
+        except OptionError as exc:
+            raise OptionError(f"--launcher submitit: {exc} (--print-commands)") from None
+    return L.CommandLauncher(study.jobs, args.nproc_per_run) if args.nproc_per_run > 1 else None
+
+
+def _check_launch_flags(args) -> None:
+    positive = {"--nproc-per-run": args.nproc_per_run, "--slurm-time": args.slurm_time,
+                "--slurm-cpus-per-run": args.slurm_cpus_per_run, "--slurm-mem-gb": args.slurm_mem_gb}
+    for flag, value in [*positive.items(), ("--slurm-gpus-per-run", args.slurm_gpus_per_run)]:
+        if value is not None and value < (0 if flag == "--slurm-gpus-per-run" else 1):
+            kind = "a non-negative" if flag == "--slurm-gpus-per-run" else "a positive"
+            raise OptionError(f"{flag} must be {kind} integer, got {value}")
+    if args.launcher == "local" and any(getattr(args, n) is not None for n in _SLURM_FLAGS):
+        raise OptionError("the --slurm-* flags need --launcher submitit")
+
+
+def _print_commands(study: S.StudyConfig, out: str, nproc: int) -> int:
+    runs, report_cmd, total = L.commands(study, out, nproc=nproc)
+    print(f"# {len(runs)} of {total} runs still to train and/or evaluate: one command per run, in any order or "
+          "all at once (each resumes if interrupted)")
+    print("\n".join(runs))
+    print("# then, when they have all finished, the report:")
+    print(report_cmd)
+    return 0
+
+
 def run(args) -> int:
     study = resolve(args)
+    _check_launch_flags(args)
     if args.dry_run:
         print(yaml.safe_dump(asdict(study), sort_keys=False))
         return 0
@@ -114,10 +161,12 @@ def run(args) -> int:
     check_output_dir(args.out, "--out")
     if args.run_one is not None:
         return _run_one(study, args.out, args.run_one)
+    if args.print_commands:
+        return _print_commands(study, args.out, args.nproc_per_run)
     if args.report_only:
         results = S.write_study_report(study, args.out)
     else:
-        results = S.run_study(study, args.out)
+        results = S.run_study(study, args.out, launcher=_launcher(args, study))
     print(f"wrote {Path(args.out) / 'report.md'} and results.json")
     print(f"verdict: {results['verdict'].get('statement', '')}")
     return 0
@@ -145,4 +194,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "a cluster launch runs")
     p.add_argument("--report-only", action="store_true",
                    help="write the report from the finished runs; refuse if any run is unfinished")
+    launch = p.add_argument_group("launching the runs (resuming, reuse and the report are the same for all)")
+    launch.add_argument("--launcher", choices=("local", "submitit"), default="local",
+                        help="local: this machine, --jobs runs at a time (default); submitit: one Slurm job per "
+                             "(entry, seed), submitted as a job array, waiting for them (needs the [cluster] extra)")
+    launch.add_argument("--nproc-per-run", type=int, default=1, metavar="N",
+                        help="processes per run: each run is a torchrun job with N processes (default 1)")
+    launch.add_argument("--print-commands", action="store_true",
+                        help="print one shell command per unfinished run, for any other scheduler, and the "
+                             "command that writes the report afterwards; run nothing")
+    launch.add_argument("--slurm-partition", help="Slurm partition of each run's job")
+    launch.add_argument("--slurm-gpus-per-run", type=int, metavar="G", help="GPUs per run (default 0)")
+    launch.add_argument("--slurm-time", type=int, metavar="MINUTES",
+                        help="wall-clock limit of each run's job in minutes (default 240)")
+    launch.add_argument("--slurm-cpus-per-run", type=int, metavar="C",
+                        help="CPUs per run (default: N × the study's threads)")
+    launch.add_argument("--slurm-mem-gb", type=int, metavar="GB", help="memory per run in GB")
+    launch.add_argument("--slurm-account", help="Slurm account to charge")
+    launch.add_argument("--slurm-qos", help="Slurm quality of service")
     p.set_defaults(run=run)
