@@ -70,8 +70,8 @@ class NonFiniteError(TrainingError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """A second SIGINT (Ctrl-C) during the graceful stop: training ended at once, without a new checkpoint;
-    the message names the last checkpoint, which is intact."""
+    """A KeyboardInterrupt during training (with ``handle_signals``: a second SIGINT during the graceful stop):
+    training ended at once, without a new checkpoint; the message names the last checkpoint, which is intact."""
 
 
 # ---- schedules of the optimizer and the EMA (pure functions of the images seen) --------------------------
@@ -673,7 +673,8 @@ def _train(cfg: TrainConfig, dataset: Any, run_dir: Path, ck_dir: Path, resume: 
                 if r.sample_every > 0:
                     samples(step)
     except KeyboardInterrupt:  # a second Ctrl-C during the graceful stop: leave at once, nothing half-written
-        msg = (f"interrupted again at step {step}, before a new checkpoint was complete; the last checkpoint "
+        how = "interrupted again" if handle_signals else "interrupted"
+        msg = (f"{how} at step {step}, before a new checkpoint was complete; the last checkpoint "
                f"{str(last_ckpt) if last_ckpt else '(none)'} is intact; rerun the same command to resume from it")
         log.warn(msg)
         raise TrainingInterrupted(msg) from None
