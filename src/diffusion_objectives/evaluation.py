@@ -8,7 +8,8 @@ Metrics (``METRICS``):
 - ``fd``, ``kid`` (images): Fréchet distance / KID of samples vs the training split, on the features of the
   dataset's classifier (digits, Fashion-MNIST) or Inception.
 - ``coverage`` (images): classifier accuracy w.r.t. the conditioning labels, class histogram, missing classes.
-- ``toy`` (2-D toy data): exact cross-entropy of samples under the true density, SW₂ and MMD² to fresh data.
+- ``toy`` (2-D toy data): KL(model‖data), exact cross-entropy of samples under the true density, SW₂ and
+  MMD² to fresh data.
 - ``bpd``: −ELBO on the evaluation split, in bits/dim for discrete data (K levels), nats for continuous data.
 - ``loss-std``: relative standard deviation (std/mean) of the per-example training loss of the model's own
   objective on the evaluation split: the noise of the loss estimator, which the schedule controls (KG23 §5).
