@@ -11,69 +11,23 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import diffusion_objectives
-from _files import one_line_error, snapshot
+from _files import bad_outputs, mount_tmpfs, one_line_error, readonly_directory, snapshot
 from diffusion_objectives.cli import _common, main
 from diffusion_objectives.cli import weightings as cli_weightings
-
-PY = [sys.executable, "-m", "diffusion_objectives"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def _mount_tmpfs(where: Path, options: str) -> bool:
-    """Mount a tmpfs at ``where`` (root only); False if this machine does not allow it."""
-    if os.geteuid() != 0:
-        return False
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True,
-                       timeout=30)
-    return r.returncode == 0
 
 
 @pytest.fixture
 def readonly_dir(tmp_path, monkeypatch):
-    """A directory nobody can create files in: a read-only tmpfs (root), mode 0555 (others), or, where
-    neither is possible (root without mount rights), one whose file creation fails with EROFS."""
-    d = tmp_path / "ro"
-    d.mkdir()
-    if os.geteuid() != 0:
-        d.chmod(0o555)
-        yield d
-        d.chmod(0o755)
-        return
-    if _mount_tmpfs(d, "ro,size=64k"):
-        yield d
-        subprocess.run(["umount", str(d)], timeout=30)
-        return
-    real = tempfile.mkstemp
-
-    def mkstemp(*args, dir=None, **kw):
-        if dir is not None and Path(dir) == d:
-            raise OSError(errno.EROFS, "Read-only file system")
-        return real(*args, dir=dir, **kw)
-
-    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
-    yield d
+    yield from readonly_directory(tmp_path, monkeypatch)
 
 
-def bad_outputs(tmp_path: Path, readonly: Path, suffix: str) -> list[tuple[str, str]]:
-    """(--out value, the cause the message must give) for every unusable output path of issue 10 item 9."""
-    plain = tmp_path / "plain"
-    if not plain.exists():
-        plain.write_text("the user's file\n")
-    long_name = "x" * 300 + suffix
-    return [
-        ("/dev/null", "not a"),
-        (str(readonly / f"out{suffix}"), "is read-only"),
-        (str(tmp_path / long_name), f"is {len(long_name)} bytes"),
-        (str(plain / f"below{suffix}"), "is not a directory"),
-        ("", "an empty path is not allowed"),
-    ] + ([(str(plain), "not a directory")] if not suffix else [])
+PY = [sys.executable, "-m", "diffusion_objectives"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 # ---- exit codes and the one-line message -----------------------------------------------------------------
@@ -191,7 +145,7 @@ def test_fid_ref_full_disk_is_exit_1_naming_the_file_and_leaves_nothing(tmp_path
     as a full disk would) is a runtime failure: exit 1, the path named, no partial file."""
     full = tmp_path / "full"
     full.mkdir()
-    mounted = _mount_tmpfs(full, "size=16k")
+    mounted = mount_tmpfs(full, "size=16k")
     if not mounted:
         def no_space(fd):
             raise OSError(errno.ENOSPC, "No space left on device")
