@@ -337,6 +337,13 @@ def _restore(source: Path | None, fname: str, fn: Callable[[], Any]) -> Any:
                                       f"training needs ({type(exc).__name__}: {exc})") from None
 
 
+def _newest_published(ck_dir: Path) -> Path | None:
+    """The newest checkpoint directory in ``ck_dir`` with a manifest: complete, since a checkpoint is renamed
+    into place only after all its files are written and fsynced (no hashing: this runs on Ctrl-C)."""
+    done = [p for p in ckpt_io.list_checkpoints(ck_dir) if (p / ckpt_io.MANIFEST_FILE).is_file()]
+    return done[-1] if done else None
+
+
 def _already_complete(start: ckpt_io.Checkpoint, run_dir: Path, steps: int, world: int,
                       log: _RunLog) -> dict[str, Any]:
     """The summary of a run whose newest checkpoint is at ``steps`` or beyond; nothing is written."""
@@ -674,8 +681,9 @@ def _train(cfg: TrainConfig, dataset: Any, run_dir: Path, ck_dir: Path, resume: 
                     samples(step)
     except KeyboardInterrupt:  # a second Ctrl-C during the graceful stop: leave at once, nothing half-written
         how = "interrupted again" if handle_signals else "interrupted"
-        msg = (f"{how} at step {step}, before a new checkpoint was complete; the last checkpoint "
-               f"{str(last_ckpt) if last_ckpt else '(none)'} is intact; rerun the same command to resume from it")
+        newest = _newest_published(ck_dir) if d.is_main else last_ckpt
+        msg = (f"{how} at step {step}; the last complete checkpoint {str(newest) if newest else '(none)'} is "
+               "intact (one being written is discarded whole); rerun the same command to resume from it")
         log.warn(msg)
         raise TrainingInterrupted(msg) from None
     finally:
