@@ -99,7 +99,7 @@ def test_compare_refuses_runs_trained_with_other_settings(tiny_study, extra, dif
     capsys.readouterr()
     assert main(["compare", "--config", str(cfg), "--out", str(out), *extra]) == 2
     err = capsys.readouterr().err
-    assert difference in err and str(out / "runs" / "edm" / "seed-0") in err and "Use a new --out" in err
+    assert difference in err and str(out / "runs" / "edm" / "seed-0") in err and "Use another study directory" in err
     assert _snapshot(out) == before
 
 

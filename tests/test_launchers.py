@@ -46,6 +46,14 @@ def test_submitit_local_executor_runs_reuses_and_reports(tmp_path):
     assert again["summary"] == results["summary"]
 
 
+def test_command_launcher_runs_the_per_run_command_as_a_subprocess(tmp_path):
+    """The local launcher used with --nproc-per-run: the same per-run command in a subprocess, then the report."""
+    out = tmp_path / "study"
+    results = S.run_study(_tiny(), out, launcher=L.CommandLauncher(jobs=1, nproc=1), say=lambda msg: None)
+    record = json.loads((out / "runs" / "edm" / "seed-0" / "eval.json").read_text())
+    assert results["runs"] == [record] and record["seed"] == 0
+
+
 def _as_argv(command):
     """A printed command with the console scripts replaced by this interpreter's modules."""
     argv = shlex.split(command)

@@ -281,8 +281,8 @@ def check_reusable(study: StudyConfig, run_tasks: list[RunTask]) -> None:
                                               for k, (old, new) in c.items()) for t, c in bad[:5]]
     more = f"\n  … and {len(bad) - 5} more run(s)" if len(bad) > 5 else ""
     raise OptionError(f"{len(bad)} run(s) in this study directory were trained with other settings than "
-                      "requested; a report must not mix them. Use a new --out, or delete those run "
-                      "directories to retrain them:\n" + "\n".join(lines) + more)
+                      "requested; a report must not mix them. Use another study directory, or delete "
+                      "those run directories to retrain them:\n" + "\n".join(lines) + more)
 
 
 # Bumped whenever a metric's definition changes, so that older ``eval.json`` files are re-evaluated
