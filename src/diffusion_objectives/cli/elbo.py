@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import io
+from pathlib import Path
 
 from ..errors import OptionError
 from ._common import (
@@ -86,10 +87,6 @@ def plot_png(summary: dict, title: str) -> bytes:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from .. import evaluation as E
-
     if args.n < 1:
         raise OptionError(f"--n must be a positive number of examples, got {args.n}")
     if args.samples < 8 or args.samples % 8:
@@ -99,6 +96,15 @@ def run(args: argparse.Namespace) -> int:
     out = check_output_dir(args.out) if args.out is not None else None
     loaded = load_checkpoint(args)
     out = out or check_output_dir(eval_dir(loaded) / f"elbo-{args.split}")
+    with hold_run(loaded, out, "diffobj elbo"):  # before any work: a run being trained is refused at once
+        return _elbo(args, loaded, out)
+
+
+def _elbo(args: argparse.Namespace, loaded, out: Path) -> int:
+    import torch
+
+    from .. import evaluation as E
+
     x, labels, levels = E.elbo_examples(loaded, args.split, args.n)
     check_resources("--samples", f"{x.shape[0]} examples x {args.samples} λ-draws",
                     memory=x.shape[0] * args.samples * ELBO_BYTES_PER_DRAW)
@@ -111,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     unit = summary["unit"] if levels is not None else "nats per example"
     title = (f"{loaded.checkpoint_dir.parent.parent.name}/{loaded.checkpoint_dir.name}: −ELBO "
              f"{summary['value']:.4f} ± {summary['se']:.4f} {summary['unit']} ({args.split}, n = {x.shape[0]})")
-    with hold_run(loaded, out, "diffobj elbo"), staged_dir(out, last=("elbo.json",)) as stage:
+    with staged_dir(out, last=("elbo.json",)) as stage:
         write_atomic(stage / "per_logsnr.csv", csv_text(summary))
         write_atomic(stage / "per_logsnr.png", plot_png(summary, title))
         write_json(stage / "elbo.json", record)

@@ -166,10 +166,7 @@ def _given_samples(args: argparse.Namespace, loaded, settings, image: bool):
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from .. import evaluation as E
-    from .. import metrics as M
 
     metrics = parse_metrics(args.metrics) if args.metrics is not None else None  # before loading anything
     settings = E.SampleSettings(args.sampler, args.steps, args.grid, args.guidance, args.ema)
@@ -186,6 +183,16 @@ def run(args: argparse.Namespace) -> int:
     out = check_output_path(args.out) if args.out is not None else None
     loaded = load_checkpoint(args)
     out = out or check_output_path(eval_dir(loaded) / "metrics.json")
+    with hold_run(loaded, out, "diffobj evaluate"):  # before any work: a run being trained is refused at once
+        return _evaluate(args, loaded, metrics, settings, out)
+
+
+def _evaluate(args: argparse.Namespace, loaded, metrics: list[str] | None, settings, out: Path) -> int:
+    import torch
+
+    from .. import evaluation as E
+    from .. import metrics as M
+
     image = E.is_image(loaded)
     metrics = metrics or parse_metrics(None, image)
     check_resources("--elbo-samples", f"{args.n_elbo} examples x {args.elbo_samples} λ-draws",
@@ -204,8 +211,7 @@ def run(args: argparse.Namespace) -> int:
                             bar=progress_bar(args))
     if args.from_samples:
         result["sampling"]["file"] = str(args.from_samples)
-    with hold_run(loaded, out, "diffobj evaluate"):
-        write_json(out, result)
+    write_json(out, result)
     print(f"{loaded.checkpoint_dir} (step {loaded.step}, {'EMA' if loaded.ema else 'raw'} weights)")
     _print_table(result)
     print(f"wrote {out}")

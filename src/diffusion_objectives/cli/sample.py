@@ -179,12 +179,19 @@ def run(args: argparse.Namespace) -> int:
         raise OptionError(f"--batch-size must be positive, got {args.batch_size}")
     out = check_output_dir(args.out)
     loaded = load_checkpoint(args)
+    with hold_run(loaded, out, "diffobj sample"):  # before any work: a run being trained is refused at once
+        return _sample(args, loaded, settings, out)
+
+
+def _sample(args: argparse.Namespace, loaded, settings, out: Path) -> int:
+    from .. import evaluation as E
+
     seeds = resolve_seeds(args.n, args.seeds, default_n=64,
                           bytes_per_seed=lambda count: _request_size(loaded, count, args.png, out))
     x, labels = _draw(loaded, seeds, settings, args)
     image = E.is_image(loaded)
     levels = E.dataset_split(loaded, "train").levels if image else None
-    with hold_run(loaded, out, "diffobj sample"), staged_dir(out, last=("samples.json",)) as stage:
+    with staged_dir(out, last=("samples.json",)) as stage:
         if image:
             written = _write_images(x, labels, seeds, levels, stage, args.png, progress_bar(args))
         else:
