@@ -128,6 +128,7 @@ class SubmititLauncher:
         except ImportError:
             raise OptionError("launcher 'submitit' needs the submitit package: "
                               "pip install 'diffusion-objectives[cluster]'") from None
+        study_file = study_file.resolve()  # the jobs may start in another working directory
         out = study_file.parent
         executor = submitit.AutoExecutor(folder=out / "submitit", cluster=self.cluster)
         executor.update_parameters(**self.slurm.parameters(f"diffobj-{out.name}", self.nproc, study.threads))
