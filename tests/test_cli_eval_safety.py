@@ -5,13 +5,16 @@ Each test runs the reproduction of the issue through the CLI and compares the fi
 
 import errno
 import json
+import signal
 import subprocess
 import sys
+import time
+import types
 
 import numpy as np
 import pytest
 
-from _files import bad_outputs, one_line_error, readonly_directory, snapshot
+from _files import bad_outputs, mount_tmpfs, one_line_error, readonly_directory, snapshot
 from conftest import TINY_TRAIN, TINY_TRAIN_COMMON
 from diffusion_objectives import locking
 from diffusion_objectives.cli import _common, main
@@ -265,3 +268,50 @@ def test_writing_into_a_run_while_another_process_holds_it_is_exit_2(runs, tmp_p
         assert snapshot(run) == held
     assert {k: v for k, v in snapshot(run).items() if not k.endswith(".lock")} == {
         k: v for k, v in before.items() if not k.endswith(".lock")}
+
+
+def test_ctrl_c_while_sampling_exits_130_in_one_line_and_writes_nothing(runs, tmp_path):
+    """A real SIGINT to `diffobj sample` writing into a run: exit 130, one line, no output, the lock released."""
+    run = runs / "digits"
+    out = run / "samples-interrupted"
+    before = {k: v for k, v in snapshot(run).items() if not k.endswith(".lock")}
+    child = subprocess.Popen([sys.executable, "-m", "diffusion_objectives", "sample", str(run), "--n", "200000",
+                              "--batch-size", "16", "--no-png", "--out", str(out), "--no-progress"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    try:
+        deadline = time.monotonic() + 120
+        while (locking.holder(run) or {}).get("pid") != child.pid:  # it holds the run: imports and loading done
+            assert child.poll() is None and time.monotonic() < deadline, child.communicate()
+            time.sleep(0.1)
+        time.sleep(1.0)
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 130, err
+    assert err == "diffobj sample: interrupted\n"
+    assert not out.exists() and {k: v for k, v in snapshot(run).items() if not k.endswith(".lock")} == before
+    _no_temporaries(run)
+    with locking.hold(run, "test"):  # released
+        pass
+
+
+def test_sample_onto_a_nearly_full_file_system_is_refused_up_front(runs, tmp_path, monkeypatch, capsys):
+    """64 PNGs and an npz do not fit in 64 KiB (a tmpfs where this machine allows mounting one; otherwise the
+    file system reports 64 KiB free): exit 2 with the estimate, before anything is drawn or written."""
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = mount_tmpfs(small, "size=64k")
+    if not mounted:
+        monkeypatch.setattr(_common.shutil, "disk_usage", lambda path: types.SimpleNamespace(free=64 << 10))
+    try:
+        out = small / "s"
+        assert main(["sample", str(runs / "digits"), "--n", "64", "--out", str(out), *SAMPLE]) == 2
+        line = one_line_error(capsys.readouterr().err, "sample")
+        assert "--seeds/--n: 64 samples of shape [1, 8, 8] needs about" in line and f"of disk at {str(out)!r}" in line
+        assert list(small.iterdir()) == []
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(small)], timeout=30)
