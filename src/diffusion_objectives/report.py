@@ -285,10 +285,16 @@ def _toy_scale(runs: list[dict[str, Any]]) -> list[str]:
         return []
     ref_kl = [t["reference_kl"] for t in toy]
     return ["", f"For scale, on {toy[0]['n_reference']} fresh samples of the data itself the KL estimate reads "
-                f"{min(ref_kl):.4f}–{max(ref_kl):.4f} nats (true value 0: the k-nearest-neighbour entropy "
-                f"estimator's bias at this sample size) and the cross-entropy {toy[0]['entropy']:.3f} nats (the "
-                "data's entropy, Monte Carlo). The cross-entropy is not a divergence: samples drawn toward the "
-                "modes score below the data's entropy; KL(model‖data) = cross-entropy − H(model) penalises that."]
+                f"{_span(ref_kl)} nats (true value 0: the k-nearest-neighbour entropy estimator's bias for q = p at "
+                "this sample size; it is smaller for a smoother q, so a model can read below it) and the "
+                f"cross-entropy {_span([t['entropy'] for t in toy], 3)} nats (the data's entropy, Monte Carlo). The "
+                "cross-entropy is not a divergence: samples drawn toward the modes score below the data's "
+                "entropy; KL(model‖data) = cross-entropy − H(model) penalises that."]
+
+
+def _span(values: list[float], digits: int = 4) -> str:
+    lo, hi = min(values), max(values)
+    return f"{lo:.{digits}f}" if f"{lo:.{digits}f}" == f"{hi:.{digits}f}" else f"{lo:.{digits}f}–{hi:.{digits}f}"
 
 
 def render_markdown(results: dict[str, Any]) -> str:
