@@ -316,8 +316,8 @@ def test_progress_lines_when_the_bar_is_off(tmp_path, capsys):
     assert len(PROGRESS_LINE.findall((tmp_path / "R" / "log.txt").read_text())) == 20
 
 
-def test_progress_defaults_to_lines_every_minute_off_a_terminal_and_validates(tmp_path):
-    assert not sys.stderr.isatty()  # pytest captures stderr: like nohup or a batch scheduler
+def test_progress_defaults_to_lines_every_minute_off_a_terminal_and_validates(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)  # like nohup, a batch scheduler or a notebook
     assert loop._progress_mode(None) == (False, loop.DEFAULT_PROGRESS_INTERVAL_S) == (False, 60.0)
     assert loop._progress_mode(False) == (False, None) and loop._progress_mode(True) == (True, None)
     assert loop._progress_mode(2) == (False, 2.0)
