@@ -399,7 +399,9 @@ def resolve_path(path: str | Path, warn: Callable[[str], None] | None = None) ->
         if (root / LATEST_FILE).exists() or list_checkpoints(root):
             found = find_resumable(root, warn)
             if found is None:
-                raise CheckpointError(f"no complete checkpoint in {str(root)!r}")
+                held = root / CORRUPT_DIR
+                where = f" (unreadable ones are kept in {str(held)!r})" if held.is_dir() else ""
+                raise CheckpointError(f"no complete checkpoint in {str(root)!r}{where}")
             return found
     raise OptionError(f"{str(p)!r} is neither a run directory, a checkpoints directory nor a checkpoint")
 
