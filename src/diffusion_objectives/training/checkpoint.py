@@ -352,7 +352,9 @@ def find_resumable(checkpoints_dir: str | Path, warn: Callable[[str], None] | No
             warn(f"'latest' names {latest.name}, which is not usable; resuming from {path.name}")
         return path
     if latest is not None:
-        state = "is not usable (see above)" if latest.exists() else "does not exist"
+        held = latest.parent / CORRUPT_DIR / latest.name
+        state = ("is not usable (see above)" if latest.exists() else
+                 f"is corrupt and was moved to {str(held)!r}" if held.exists() else "does not exist")
         warn(f"'latest' names {latest.name}, which {state}; no usable checkpoint")
     return None
 
