@@ -32,7 +32,7 @@ import shutil
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,17 +145,21 @@ def _write_latest(checkpoints_dir: Path, name: str) -> None:
     _fsync_dir(checkpoints_dir)
 
 
-def _checkpoint_bytes(step: int, model: Mapping[str, torch.Tensor], ema: Mapping[str, torch.Tensor],
-                      state: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, bytes]:
-    """The bytes of every file of a checkpoint but the manifest."""
+def _config_bytes(config: Mapping[str, Any]) -> bytes:
+    return yaml.safe_dump(dict(config), sort_keys=False).encode()
+
+
+def _checkpoint_files(step: int, model: Mapping[str, torch.Tensor], ema: Mapping[str, torch.Tensor],
+                      state: Mapping[str, Any], config: Mapping[str, Any]) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of every file of a checkpoint but the manifest, one at a time (bounded memory)."""
     config_json = json.dumps(dict(config), sort_keys=True)
     meta = {"format_version": str(FORMAT_VERSION), "step": str(step), "config": config_json}
+    yield MODEL_FILE, _weights_bytes(model, meta | {"kind": "model"})
+    yield EMA_FILE, _weights_bytes(ema, meta | {"kind": "ema"})
     buf = io.BytesIO()
     torch.save({"format_version": FORMAT_VERSION, **state}, buf)
-    return {MODEL_FILE: _weights_bytes(model, meta | {"kind": "model"}),
-            EMA_FILE: _weights_bytes(ema, meta | {"kind": "ema"}),
-            STATE_FILE: buf.getvalue(),
-            CONFIG_FILE: yaml.safe_dump(dict(config), sort_keys=False).encode()}
+    yield STATE_FILE, buf.getvalue()
+    yield CONFIG_FILE, _config_bytes(config)
 
 
 def _same_tensors(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> bool:
@@ -209,11 +213,10 @@ def save(checkpoints_dir: str | Path, step: int, *, model: Mapping[str, torch.Te
     root.mkdir(parents=True, exist_ok=True)
     name = checkpoint_name(step)
     final = root / name
-    blobs = _checkpoint_bytes(step, model, ema, state, config)
     aside = None
     if final.exists():
         try:
-            if _same_checkpoint(final, model, ema, blobs[CONFIG_FILE]):
+            if _same_checkpoint(final, model, ema, _config_bytes(config)):
                 _write_latest(root, name)  # already published (e.g. the final save right after a periodic one)
                 _prune(root, keep, name)
                 return final
@@ -223,7 +226,8 @@ def save(checkpoints_dir: str | Path, step: int, *, model: Mapping[str, torch.Te
     tmp = root / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        files = {fname: _write_bytes(tmp / fname, data) for fname, data in blobs.items()}
+        files = {fname: _write_bytes(tmp / fname, data)
+                 for fname, data in _checkpoint_files(step, model, ema, state, config)}
         _write_manifest(tmp / MANIFEST_FILE, {"format_version": FORMAT_VERSION, "step": step,
                                               "images_seen": images_seen, "files": files})
         _fsync_dir(tmp)
