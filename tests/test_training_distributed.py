@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from diffusion_objectives import locking
 from diffusion_objectives.training import checkpoint as ck
 from diffusion_objectives.training import config, train
 
@@ -76,3 +77,15 @@ def test_nonfinite_on_one_rank_stops_both(tmp_path):
     latest = ck.read_latest(tmp_path / "nan" / "checkpoints")
     assert latest.name == "step-00000004"
     ck.verify(latest)
+
+
+def test_a_locked_run_stops_every_rank_with_exit_2_and_no_hang(tmp_path):
+    """Rank 0 takes the run's lock; when another writer holds it, every rank learns so and exits (no rank left
+    waiting in a collective), naming the holder."""
+    run = tmp_path / "locked"
+    with locking.hold(run, "the other writer"):
+        p = _torchrun(run, 4, OVERRIDES)
+    assert p.returncode != 0
+    assert f"pid {os.getpid()}" in p.stderr and "the other writer" in p.stderr, p.stderr[-3000:]
+    assert "diffobj train: error:" in p.stderr and p.stderr.count("exitcode  : 2") == 2, p.stderr[-3000:]
+    assert sorted(q.name for q in run.iterdir()) == [locking.LOCK_NAME]  # nothing written
