@@ -19,13 +19,14 @@ class Registry(Generic[T]):
     """A table of named constructors whose keyword parameters are validated before the call.
 
     ``get(name, **params)`` raises :class:`OptionError` naming the unknown name (and listing the known
-    ones), the unknown parameter (and listing the accepted ones), or a parameter given a non-finite number
-    (NaN, ±inf) where its default is finite or it has none: every route that builds an object from user
-    input (the CLI specs, ``--set``, YAML configs) passes through here.
+    ones), the unknown parameter (and listing the accepted ones), or a parameter given a non-finite number:
+    NaN always, ±inf unless the parameter is named in ``infinite`` or its default is itself infinite. Every
+    route that builds an object from user input (the CLI specs, ``--set``, YAML configs) passes through here.
     """
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, infinite: tuple[str, ...] = ()):
         self.kind = kind
+        self.infinite = frozenset(infinite)  # parameters for which ±inf means something (e.g. logsnr_min)
         self._entries: dict[str, tuple[Callable[..., T], str]] = {}
 
     def register(self, name: str, summary: str = "") -> Callable[[Callable[..., T]], Callable[..., T]]:
@@ -67,7 +68,7 @@ class Registry(Generic[T]):
             raise OptionError(
                 f"unknown parameter(s) {', '.join(unknown)} for {self.kind} {name!r}; allowed: {allowed}"
             )
-        _check_finite(self.kind, name, params, accepted)
+        _check_finite(self.kind, name, params, accepted, self.infinite)
         missing = [k for k, v in accepted.items() if v is inspect.Parameter.empty and k not in params]
         if missing:
             raise OptionError(f"{self.kind} {name!r} needs parameter(s): {', '.join(missing)}")
@@ -87,12 +88,17 @@ class Registry(Generic[T]):
             ) from None
 
 
-def _is_nonfinite(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isfinite(value)
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _check_finite(kind: str, name: str, params: dict[str, Any], accepted: dict[str, Any]) -> None:
-    """A non-finite number is refused unless the parameter's own default is non-finite (e.g. ``s_max=inf``)."""
+def _check_finite(kind: str, name: str, params: dict[str, Any], accepted: dict[str, Any],
+                  infinite: frozenset[str]) -> None:
+    """NaN is never a parameter; ±inf only where the registry allows it or the default is infinite
+    (``s_max=inf``)."""
     for key, value in params.items():
-        if _is_nonfinite(value) and not _is_nonfinite(accepted.get(key)):
+        if not _is_number(value) or math.isfinite(value):
+            continue
+        default = accepted.get(key)
+        if math.isnan(value) or not (key in infinite or (_is_number(default) and math.isinf(default))):
             raise OptionError(f"{kind} {name!r}: parameter {key} must be a finite number, got {value}")

@@ -250,7 +250,7 @@ class DDPMLinear(Schedule):
         return -math.log(math.expm1(cls.B0 + cls.B1))
 
 
-REGISTRY: Registry[Schedule] = Registry("schedule")
+REGISTRY: Registry[Schedule] = Registry("schedule", infinite=("logsnr_min", "logsnr_max"))
 
 
 @REGISTRY.register("cosine", "cosine (IDDPM), truncated to the endpoints")
