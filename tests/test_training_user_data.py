@@ -133,9 +133,10 @@ def test_out_that_is_a_users_folder_is_refused_and_left_untouched(tmp_path, caps
     (mine / "summary.json").write_text('{"my": "results"}\n')
     (mine / "notes").mkdir()
     (mine / "notes" / "todo.txt").write_text("keep me\n")
-    before = _hashes(mine)
+    before, mtime = _hashes(mine), mine.stat().st_mtime_ns
     code, _, err = _train(capsys, mine, "--steps", "2")
     assert code == 2, err
+    assert mine.stat().st_mtime_ns == mtime  # not even a probe file was created and removed
     assert "is not a training run directory" in err and str(mine) in err, err
     assert _hashes(mine) == before and sorted(p.name for p in mine.iterdir()) == ["config.yaml", "notes",
                                                                                   "summary.json"]

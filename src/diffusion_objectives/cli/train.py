@@ -91,7 +91,7 @@ def _resolve_precision_here(cfg) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training import build, config, distributed, loop
+    from ..training import build, config, distributed, loop, rundir
 
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     cfg = config.resolve(args.preset or "toy2d", args.config, objective=args.objective, steps=args.steps,
@@ -107,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.out is None:
         raise OptionError("--out RUN is required (the run directory), unless --dry-run")
+    if args.out.strip():  # a folder that is not a run is refused before anything (even a probe) touches it
+        rundir.check_writable_run_dir(args.out)
     check_output_dir(args.out, "--out")
     if args.progress_every is not None and not (math.isfinite(args.progress_every) and args.progress_every > 0):
         raise OptionError(f"--progress-every: {args.progress_every} is not a positive number of seconds")
