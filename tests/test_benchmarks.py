@@ -44,3 +44,9 @@ def test_benchmark_quick_run_writes_json(name, tmp_path, cache):
     assert result["tables"] and all(t["rows"] and t["columns"] for t in result["tables"])
     for t in result["tables"]:
         assert all(len(row) == len(t["columns"]) for row in t["rows"]), t["title"]
+    if name == "throughput":  # issue 14: achieved FLOP/s as a fraction of the same run's sgemm
+        toy = result["results"]["presets"]["toy2d"]
+        assert toy["train"]["flops_per_step"] > 0 and toy["sample"]["flops_per_nfe"] > 0
+        for part in ("train", "sample"):
+            frac = toy[part]["variants"]["fp32"]["sgemm_fraction"]
+            assert 0 < frac["q25"] <= frac["median"] <= frac["q75"]
