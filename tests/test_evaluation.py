@@ -21,7 +21,7 @@ def runs(tiny_runs):
 
 
 @pytest.mark.parametrize("name", ["toy", "digits"])
-@pytest.mark.parametrize("sampler", ["heun", "ancestral"])
+@pytest.mark.parametrize("sampler", ["heun", "ancestral", "edm-stochastic"])
 def test_generate_is_per_seed_and_deterministic(runs, name, sampler):
     loaded = runs[name]
     settings = E.SampleSettings(sampler, 6)
