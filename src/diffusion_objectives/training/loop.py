@@ -429,8 +429,10 @@ def _train(cfg: TrainConfig, dataset: Any, run_dir: Path, ck_dir: Path, resume: 
     if conditional and null_label is None:
         raise OptionError(f"network {cfg.network.name!r} is not class-conditional (no null_label)")
 
+    # fused AdamW (one kernel for all parameters): 4-6 % faster training steps on the CPU presets, losses equal
+    # to 3e-7 relative (benchmarks/README.md, throughput)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
-                            weight_decay=cfg.optim.weight_decay)
+                            weight_decay=cfg.optim.weight_decay, fused=device.type in ("cpu", "cuda"))
     if start is not None:
         _restore(source, "training_state.pt", lambda: opt.load_state_dict(state["optimizer"]))
     model: torch.nn.Module = net
