@@ -10,9 +10,10 @@ the sampling batch. The machine's limit is measured in the same rounds: a 2048 �
 (FLOPs/time of the variant) / (FLOPs/time of sgemm) *within* a round, with its IQR; so is the speed-up.
 
 Training variants (one thread; the preset's batch, inputs and λ drawn once and shared by all variants):
-``fp32`` (eager, AdamW ``foreach``: the loop as it is), ``fused AdamW`` (``fused=True``), ``channels-last``
-(network and inputs in ``torch.channels_last``), ``compiled`` (``torch.compile(dynamic=False)`` of network
-+ loss; the backward graph comes from AOTAutograd), ``bf16`` (CPU autocast, as ``run.precision=bf16``).
+``fp32`` (eager, AdamW ``foreach``), ``fused AdamW`` (``fused=True``, the training loop's optimizer since this
+benchmark), ``channels-last`` (network and inputs in ``torch.channels_last``), ``compiled``
+(``torch.compile(dynamic=False)`` of network + loss; the backward graph comes from AOTAutograd), ``bf16``
+(CPU autocast, as ``run.precision=bf16``).
 Dropout is off in every variant, so all compute one function: each variant's per-example losses at the
 third step from the same weights (two optimizer steps done) are compared with the eager fp32 ones
 (max |Δ| / mean loss), the float tolerance of "loss values unchanged". Sampling: DPM-Solver++(2M) network

@@ -101,7 +101,8 @@ def make_bare(cfg, warm: int, steps: int, clip_and_ema: bool = False):
         net = training.build_network(net_cfg).train()
         ema = copy.deepcopy(net).eval().requires_grad_(False)
         params, ema_params = list(net.parameters()), list(ema.parameters())
-        opt = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+        opt = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay,
+                                fused=True)  # as the training loop
         gen = torch.Generator().manual_seed(0)
         autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.run.bf16)
         times = []
