@@ -39,8 +39,9 @@ QUICK = {"toy2d": (6, 2, 3, 1), "digits": (5, 1, 3, 1)}
 
 
 def real_config(preset: str, steps: int, ckpt_every: int, bf16: bool, adaptive: bool, quick: bool):
-    overrides = ["run.sample_every=0", f"run.checkpoint_every={ckpt_every}", f"run.bf16={str(bf16).lower()}",
-                 "run.device=cpu", "run.keep_checkpoints=2", f"loss.adaptive.enabled={str(adaptive).lower()}"]
+    overrides = ["run.sample_every=0", f"run.checkpoint_every={ckpt_every}",
+                 f"run.precision={'bf16' if bf16 else 'fp32'}", "run.device=cpu", "run.keep_checkpoints=2",
+                 f"loss.adaptive.enabled={str(adaptive).lower()}"]
     if quick:
         overrides += ["data.n=4096"] if preset == "toy2d" else []
     return training.resolve(preset, steps=steps, overrides=overrides)
@@ -104,7 +105,7 @@ def make_bare(cfg, warm: int, steps: int, clip_and_ema: bool = False):
         opt = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay,
                                 fused=True)  # as the training loop
         gen = torch.Generator().manual_seed(0)
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.run.bf16)
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.run.precision == "bf16")
         times = []
         for step in range(warm + steps):
             for group in opt.param_groups:  # the loop's warm-up, so both follow the same trajectory
