@@ -338,7 +338,7 @@ def test_single_point_grid_is_one_denoising_step():
 
 
 def test_registry_and_bad_inputs():
-    assert samplers.names() == ["ancestral", "ddim", "heun", "dpmpp-2m"]
+    assert samplers.names() == ["ancestral", "ddim", "heun", "dpmpp-2m", "edm-stochastic"]
     assert samplers.get("dpmpp-2m") is samplers.dpmpp_2m
     with pytest.raises(OptionError, match="dpmpp-2m"):
         samplers.get("euler")
