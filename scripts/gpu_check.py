@@ -101,8 +101,6 @@ def _loss_and_grad(net, loss_fn, batch, device) -> tuple[torch.Tensor, float]:
 
 
 def check_loss(device: str, sizes: Sizes, tiny: bool) -> Row:
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
     cfg = _fashion_cfg(device, tiny, [])
     dataset = training.build_dataset(cfg.data)
     net_cfg = training.complete_network_params(cfg.network, dataset, cfg.seed)
@@ -272,6 +270,8 @@ def check_torchrun(device: str, tiny: bool, work: Path) -> Row:
 
 def run_checks(device: str, only: list[str], work: Path, tiny: bool) -> list[Row]:
     sizes = TINY if tiny else FULL
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 comparisons with the CPU (bf16 autocast unaffected)
+    torch.backends.cudnn.allow_tf32 = False
     table: dict[str, Callable[[], Row]] = {
         "cpu-vs-cuda-loss": lambda: check_loss(device, sizes, tiny),
         "bf16-train": lambda: check_bf16_train(device, sizes, tiny, work),
