@@ -231,8 +231,9 @@ def elbo_summary(loaded, x: Tensor, levels: int | None, *, samples: int = 32, se
         def model(z: Tensor, *a: Any) -> Tensor:
             progress.update(z.shape[0])
             return loaded.model(z, *a)
+    lo, hi = getattr(loaded, "logsnr_range", None) or (None, None)  # a foreign diffusers pipeline: its table
     res = _elbo(model, loaded.objective.parameterization, x, levels, samples=samples, generator=gen,
-                batch_size=batch_size, labels=labels)
+                batch_size=batch_size, labels=labels, logsnr_min=lo, logsnr_max=hi)
     if bar is not None:
         progress.close()
     n = x.shape[0]

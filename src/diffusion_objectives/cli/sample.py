@@ -58,12 +58,16 @@ def add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", metavar="{cpu,cuda,auto}",
                    help="device for the model (default cpu; auto: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--data", default=None, metavar="NAME",
+                   help="dataset of a diffusers pipeline directory given as RUN_OR_CHECKPOINT (one with "
+                        "model_index.json); needed when it has no diffobj.json run record")
 
 
 def load_checkpoint(args: argparse.Namespace):
     """:func:`~diffusion_objectives.training.load_for_inference` of ``args.checkpoint`` (warnings on stderr)."""
     import torch
 
+    from .. import pipelines
     from ..training.checkpoint import load_for_inference
 
     device = args.device
@@ -73,6 +77,11 @@ def load_checkpoint(args: argparse.Namespace):
         raise OptionError(f"--device: expected cpu, cuda, cuda:N or auto, got {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise OptionError("--device cuda: no CUDA device is available")
+    if pipelines.is_pipeline_dir(args.checkpoint):  # a diffusers pipeline directory (docs/adapters.md)
+        if args.data is None and not pipelines.has_run_record(args.checkpoint):
+            raise OptionError(f"{args.checkpoint!r} is a diffusers pipeline without a diffobj.json run record: "
+                              "name its dataset with --data NAME")
+        return pipelines.load_diffusers_pipeline(args.checkpoint, data=args.data, device=device)
     return load_for_inference(args.checkpoint, ema=args.ema, device=device,
                               warn=lambda msg: print(f"warning: {msg}", file=sys.stderr))
 
