@@ -21,9 +21,11 @@ from .loss import WeightedLoss
 from .parameterizations import Parameterization
 from .registry import Registry
 from .schedules import Schedule
+from .translate import from_diffusers, from_edm, from_k_diffusion, from_kohya
 from .weightings import Weighting
 
-__all__ = ["Objective", "PublishedForm", "from_published", "REGISTRY", "get", "names"]
+__all__ = ["Objective", "PublishedForm", "from_published", "REGISTRY", "get", "names",
+           "from_diffusers", "from_k_diffusion", "from_kohya", "from_edm"]
 
 _INF = math.inf
 
@@ -67,14 +69,14 @@ class Objective:
 
 def from_published(density: Schedule, loss_weight: Callable[[Tensor], Tensor] | None,
                    parameterization: Parameterization, schedule: Schedule | None = None,
-                   name: str = "custom") -> Objective:
+                   name: str = "custom", citation: str = "") -> Objective:
     """Convert a published loss E_{t~π}[c ‖ŷ − y‖²] to an :class:`Objective` via w = 2·p_π·c·k.
 
     ``density`` is π as a schedule (endpoints may be infinite where π is normalisable), ``loss_weight``
     c(λ) (compose with ``density.t`` or :func:`~diffusion_objectives.process.sigma_ve` to write it in the
     paper's variable), ``parameterization`` the target y. ``schedule`` is the sampling density used for
-    training (default: π itself truncated to ±15)."""
-    form = PublishedForm(density, loss_weight, parameterization)
+    training (default: π itself truncated to ±15); ``citation`` names the source of the published form."""
+    form = PublishedForm(density, loss_weight, parameterization, citation)
     if schedule is None:
         schedule = density.with_endpoints(max(density.logsnr_min, schedules.LOGSNR_MIN),
                                           min(density.logsnr_max, schedules.LOGSNR_MAX))
