@@ -27,9 +27,11 @@ from torch import Tensor
 
 from . import adapters, objectives, parameterizations, schedules
 from .errors import OptionError
+from .registry import Registry
 from .tabulated import Tabulated, logsnr_from_alphas_cumprod
 
-__all__ = ["LossWeight", "from_diffusers", "from_k_diffusion", "from_kohya", "from_edm"]
+__all__ = ["LossWeight", "from_diffusers", "from_k_diffusion", "from_kohya", "from_edm", "DIFFUSERS_SCHEDULERS",
+           "KD_DENSITY_KEYS"]
 
 _INF = math.inf
 
@@ -119,6 +121,18 @@ def _flow_shift(scheduler) -> float:
     shift is applied only by ``set_timesteps(mu=…)`` at inference; ``__init__`` leaves the table unshifted)."""
     config = scheduler.config
     return 1.0 if config.get("use_dynamic_shifting", False) else float(config.get("shift", 1.0))
+
+
+def _scheduler_config(class_name: str) -> Callable[[], dict]:
+    def config() -> dict:
+        return {"_class_name": class_name}
+    return config
+
+
+DIFFUSERS_SCHEDULERS: Registry[dict] = Registry("diffusers scheduler")
+for _name, _cls in (("ddpm", "DDPMScheduler"), ("ddim", "DDIMScheduler"), ("euler", "EulerDiscreteScheduler"),
+                    ("dpm-solver", "DPMSolverMultistepScheduler"), ("flow", "FlowMatchEulerDiscreteScheduler")):
+    DIFFUSERS_SCHEDULERS.add(_name, _scheduler_config(_cls), f"the config dict of diffusers' {_cls}")
 
 
 def from_diffusers(scheduler: Any = None, *, weighting_scheme: str = "none", logit_mean: float = 0.0,
@@ -213,6 +227,7 @@ def _kd_obj_density(kind: str, spec: dict, sigma_data: float) -> schedules.Sched
     return schedules.get(name, **params)
 
 
+KD_DENSITY_KEYS = ("type",) + tuple(dict.fromkeys(k for keys in _KD_DENSITIES.values() for k in keys))
 KD_WEIGHTINGS = ("karras", "snr", "soft-min-snr")
 
 
