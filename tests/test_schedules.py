@@ -251,7 +251,7 @@ def test_laplace_and_cauchy_untruncated_formulas():
 
 
 def _sd3_mode_draws(scale, n, seed):
-    """SD3's mode sampler, transcribed from Esser et al. 2024 Eq. 20 (diffusers
+    """SD3's mode sampler, transcribed from Esser et al. 2024, §3.1 (diffusers
     ``compute_density_for_timestep_sampling``, weighting_scheme="mode"): t = 1 − u − s(cos²(πu/2) − 1 + u)."""
     u = np.random.default_rng(seed).uniform(size=n)
     t = 1 - u - scale * (np.cos(math.pi * u / 2) ** 2 - 1 + u)
@@ -382,3 +382,26 @@ def test_log_uniform_is_uniform_in_logsnr_and_shifts_its_support():
     assert (s.logsnr_min, s.logsnr_max) == pytest.approx((-2 * math.log(80) - 1, -2 * math.log(0.002) - 1))
     lam = torch.linspace(s.logsnr_min, s.logsnr_max, 11, dtype=torch.float64)
     torch.testing.assert_close(s.density(lam), torch.full_like(lam, 1 / (s.logsnr_max - s.logsnr_min)))
+
+
+def _sd3_cosmap_draws(u):
+    """SD3's cosmap sampler (Esser et al. 2024, §3.1): t = 1 − 1/(tan(πu/2) + 1)."""
+    return 1 - 1 / (np.tan(math.pi * u / 2) + 1)
+
+
+def test_sd3_cosmap_is_the_cosine_logsnr_schedule():
+    """Identity (b): t/(1 − t) = tan(πu/2) = e^{−λ/2}, so λ = −2 ln tan(πu/2), the cosine schedule at time u."""
+    u = np.linspace(0.001, 0.999, 999)
+    lam = 2 * np.log((1 - _sd3_cosmap_draws(u)) / _sd3_cosmap_draws(u))
+    cosine = schedules.Cosine(-math.inf, math.inf)
+    np.testing.assert_allclose(cosine.logsnr(torch.tensor(u)).numpy(), lam, rtol=1e-10, atol=1e-10)
+    # SD3's density in t, π_cosmap(t) = 2/(π − 2πt + 2πt²) (Esser et al. 2024, §3.1), carried to λ by
+    # |dt/dλ| = t(1 − t)/2, equals sech(λ/2)/(2π), the untruncated cosine density
+    grid = np.linspace(-20, 20, 81)
+    t = 1 / (1 + np.exp(grid / 2))
+    p_cosmap = 2 / (math.pi - 2 * math.pi * t + 2 * math.pi * t**2) * t * (1 - t) / 2
+    np.testing.assert_allclose(cosine.density(torch.tensor(grid)).numpy(), p_cosmap, rtol=1e-10)
+    draws = 2 * np.log(1 / _sd3_cosmap_draws(np.random.default_rng(5).uniform(size=200_000)) - 1)
+    draws = draws[(draws > -15) & (draws < 15)]
+    ours = schedules.get("cosine").sample(200_000, torch.Generator().manual_seed(0), dtype=torch.float64).numpy()
+    assert stats.ks_2samp(draws, ours).pvalue > 1e-3

@@ -171,3 +171,4 @@ def test_debiased_eps_is_scaled_sigmoid_and_min_snr_v_equals_min_snr():
     lam = torch.linspace(-15, 15, 121, dtype=torch.float64)
     torch.testing.assert_close(weightings.get("debiased")(lam), 2 / math.pi * weightings.get("sigmoid", bias=0.0)(lam))
     torch.testing.assert_close(weightings.get("min-snr-v", gamma=3.0)(lam), weightings.get("min-snr", gamma=3.0)(lam))
+    assert repr(weightings.get("debiased", target="v")) == "Debiased(target=v, shift=0)"

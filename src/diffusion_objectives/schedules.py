@@ -440,7 +440,7 @@ def _bisect_increasing(f, target: Tensor, lo: float, hi: float, iterations: int 
 
 
 class SD3Mode(Schedule):
-    r"""SD3's "mode" timestep sampler (Esser et al. 2024, Eq. 20): :math:`t_{RF} = f(u) = 1 - u -
+    r"""SD3's "mode" timestep sampler (Esser et al. 2024, §3.1): :math:`t_{RF} = f(u) = 1 - u -
     s(\cos^2(\pi u/2) - 1 + u)`, u ~ U(0, 1), on the rectified-flow path λ = 2 ln((1 − t_RF)/t_RF).
 
     Writing F(x) = (1 + s)x − s sin²(πx/2), f(u) = F(1 − u) and 1 − f(u) = F(u) (f is antisymmetric about

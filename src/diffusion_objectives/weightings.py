@@ -97,7 +97,7 @@ class Weighting:
         return {"shift": self.shift}
 
     def __repr__(self) -> str:
-        inner = ", ".join(f"{k}={v:g}" for k, v in self.params().items())
+        inner = ", ".join(f"{k}={v:g}" if isinstance(v, int | float) else f"{k}={v}" for k, v in self.params().items())
         return f"{type(self).__name__}({inner})"
 
 
