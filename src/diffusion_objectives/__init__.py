@@ -5,7 +5,7 @@ sampled: variance only) and a parameterization (what the network predicts). See 
 FRAMEWORK.md for the mathematics.
 """
 
-from . import objectives, parameterizations, process, samplers, schedules, weightings
+from . import objectives, parameterizations, process, samplers, schedules, shifts, weightings
 from .adaptive import AdaptiveSchedule
 from .elbo import ElboResult, elbo
 from .errors import OptionError
@@ -33,5 +33,6 @@ __all__ = [
     "process",
     "samplers",
     "schedules",
+    "shifts",
     "weightings",
 ]

@@ -163,6 +163,49 @@ def _indi() -> Objective:
     return Objective(weightings.InDI(), schedules.Flow(), parameterizations.X(), "indi", form)
 
 
+@REGISTRY.register("edm2", "EDM2: F-prediction, ln σ ~ N(−0.4, 1), weight (σ² + σ_d²)/(σσ_d)² on ‖D − x‖²")
+def _edm2() -> Objective:
+    # Karras et al. 2024 (EDM2), the loss before its learned uncertainty u(σ): P_mean = −0.4,
+    # P_std = 1.0, σ_data = 0.5, λ(σ) = (σ² + σ_d²)/(σσ_d)² on the denoiser loss ‖D − x‖² (x target).
+    sd2 = 0.25
+    form = PublishedForm(schedules.NormalLogSNR(0.8, 2.0, -_INF, _INF),
+                         lambda lam: (torch.exp(-lam) + sd2) / (torch.exp(-lam) * sd2), parameterizations.X(),
+                         "Karras et al. 2024 (EDM2): λ(σ) = 1/c_out², P_mean = −0.4, P_std = 1")
+    return Objective(weightings.EDM(-0.4, 1.0, 0.5), schedules.get("edm", p_mean=-0.4, p_std=1.0),
+                     parameterizations.EDM(0.5), "edm2", form)
+
+
+def _unweighted_eps(name: str, density: Schedule, citation: str) -> Objective:
+    """E_{λ~π}‖ε̂ − ε‖² with π = ``density`` (untruncated): w = 2π(λ); trained on π truncated to ±15."""
+    form = PublishedForm(density, None, parameterizations.Eps(), citation)
+    schedule = density.with_endpoints(schedules.LOGSNR_MIN, schedules.LOGSNR_MAX)
+    return Objective(form.weighting(), schedule, parameterizations.Eps(), name, form)
+
+
+@REGISTRY.register("laplace", "Hang et al. 2024: unweighted ε-loss, λ ~ Laplace(0, 0.5)")
+def _laplace() -> Objective:
+    return _unweighted_eps("laplace", schedules.Laplace(0.0, 0.5, -_INF, _INF),
+                           "Hang et al. 2024, Improved Noise Schedule for Diffusion Training (Laplace μ = 0, b = 0.5)")
+
+
+@REGISTRY.register("cauchy", "Hang et al. 2024: unweighted ε-loss, λ ~ Cauchy(0, 1)")
+def _cauchy() -> Objective:
+    return _unweighted_eps("cauchy", schedules.Cauchy(0.0, 1.0, -_INF, _INF),
+                           "Hang et al. 2024, Improved Noise Schedule for Diffusion Training (Cauchy μ = 0, γ = 1)")
+
+
+@REGISTRY.register("soft-min-snr", "k-diffusion soft-min-snr (σ_d = 0.5) on F, λ uniform on [−15, 15]: "
+                   "(1/15) sigmoid(2 ln 2 − λ)")
+def _soft_min_snr() -> Objective:
+    # k-diffusion's Denoiser loss with loss_weighting "soft-min-snr": c = (σσ_d)²/(σ² + σ_d²)² on F, with its
+    # log-uniform σ density on [e^{−7.5}, e^{7.5}] (λ uniform on [−15, 15]): w = 2·(1/30)·sigmoid(b − λ).
+    sd2 = 0.25
+    density = schedules.LinearLogSNR(schedules.LOGSNR_MIN, schedules.LOGSNR_MAX)
+    form = PublishedForm(density, lambda lam: torch.exp(-lam) * sd2 / (torch.exp(-lam) + sd2) ** 2,
+                         parameterizations.EDM(0.5), "Crowson et al. 2024 (HDiT); k-diffusion soft-min-snr")
+    return Objective(form.weighting(), density, parameterizations.EDM(0.5), "soft-min-snr", form)
+
+
 @REGISTRY.register("sigmoid", "KG23: sigmoid(2 − λ) weighting, ε-prediction, cosine schedule")
 def _sigmoid() -> Objective:
     return Objective(weightings.Sigmoid(2.0), schedules.Cosine(), parameterizations.Eps(), "sigmoid")

@@ -21,6 +21,7 @@ from ..weightings import Weighting
 EXAMPLES = """examples:
   diffobj weightings                      list every weighting and objective preset
   diffobj weightings show sigmoid:bias=-2
+  diffobj weightings show debiased:target=v --schedule laplace:mu=0,b=0.5
   diffobj weightings show edm
   diffobj weightings plot sigmoid edm edm-monotonic v-cosine --out weightings.png
 """
@@ -34,13 +35,16 @@ class Resolved:
     objective: objectives.Objective | None
 
 
-def parse_params(text: str, option: str) -> dict[str, float]:
-    """``"a=1,b=-2"`` → ``{"a": 1.0, "b": -2.0}``; errors name ``option``."""
-    params: dict[str, float] = {}
+def parse_params(text: str, option: str, strings: frozenset[str] = frozenset()) -> dict[str, float | str]:
+    """``"a=1,b=-2"`` → ``{"a": 1.0, "b": -2.0}``; keys in ``strings`` keep their text; errors name ``option``."""
+    params: dict[str, float | str] = {}
     for item in filter(None, text.split(",")):
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise OptionError(f"{option}: expected KEY=VALUE, got {item!r}")
+        if key.strip() in strings:
+            params[key.strip()] = value.strip()
+            continue
         try:
             params[key.strip()] = float(value)
         except ValueError:
@@ -51,7 +55,9 @@ def parse_params(text: str, option: str) -> dict[str, float]:
 def resolve(spec: str, schedule_spec: str = "cosine", logsnr_min: float = -15.0,
             logsnr_max: float = 15.0) -> Resolved:
     name, _, param_text = spec.partition(":")
-    params = parse_params(param_text, spec)
+    text_params = frozenset(k for k, v in weightings.REGISTRY.parameters(name).items() if isinstance(v, str)) \
+        if name in weightings.REGISTRY else frozenset()
+    params = parse_params(param_text, spec, text_params)
     sched_name, _, sched_params = schedule_spec.partition(":")
     schedule = schedules.get(sched_name, **{"logsnr_min": logsnr_min, "logsnr_max": logsnr_max,
                                              **parse_params(sched_params, "--schedule")})
@@ -76,6 +82,9 @@ def _list(args) -> int:
         mono = "monotone" if obj.weighting.is_monotonic(lo, hi) else "non-monotone"
         print(f"  {name:<15} {mono:<13} {obj.weighting.name} × {obj.schedule.name} × "
               f"{obj.parameterization.name}   {objectives.REGISTRY.summary(name)}")
+    print("\nSchedules p(λ) (pair with a weighting by --schedule NAME:KEY=VALUE,...):")
+    for name in schedules.names():
+        print(f"  {name:<20} {schedules.REGISTRY.summary(name)}")
     return 0
 
 
