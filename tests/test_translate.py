@@ -17,7 +17,7 @@ from diffusers.training_utils import (
     compute_loss_weighting_for_sd3,
     compute_snr,
 )
-from scipy import stats
+from scipy import optimize, stats
 from torch import nn
 
 from diffusion_objectives import WeightedLoss, adapters, objectives, weightings
@@ -73,7 +73,8 @@ N_KS, KS_TOL = 100_000, 0.012  # DKW: P(sup > 0.0086) < 1e-6 at n = 1e5, plus th
 # ---- diffusers: flow-matching scripts --------------------------------------------------------------------------
 
 FLOW_CASES = [("none", 1.0, 0.0, False), ("logit_normal", 3.0, 0.5, False), ("logit_normal", 1.0, -1.0, True),
-              ("sigma_sqrt", 3.0, 0.0, False), ("cosmap", 2.0, 0.0, True)]
+              ("sigma_sqrt", 3.0, 0.0, False), ("cosmap", 2.0, 0.0, True), ("mode", 1.0, 0.0, False),
+              ("mode", 3.0, 0.0, True)]
 
 
 def _flow_mass(scheme, shift, logit_mean, logit_std=1.0):
@@ -81,6 +82,11 @@ def _flow_mass(scheme, shift, logit_mean, logit_std=1.0):
     if scheme == "logit_normal":
         return _normal_mass(2 * logit_mean - 2 * math.log(shift), 2 * logit_std)
     sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    if scheme == "mode":  # σ_unshifted = F(v), F(x) = (1 + s)x − s sin²(πx/2) increasing: Z = F⁻¹(b) − F⁻¹(a)
+        F = lambda x: (1 + 1.29) * x - 1.29 * math.sin(math.pi * x / 2) ** 2  # noqa: E731
+        a, b = (sig((-v - 2 * math.log(shift)) / 2) for v in (15.0, -15.0))  # σ_unshifted at λ = ±15
+        inv = [optimize.brentq(lambda x, y=y: F(x) - y, 0, 1, xtol=1e-15) for y in (a, b)]
+        return inv[1] - inv[0]
     return sig((15 + 2 * math.log(shift)) / 2) - sig((-15 + 2 * math.log(shift)) / 2)
 
 
@@ -191,6 +197,13 @@ def test_from_k_diffusion_matches_denoiser_loss(weighting, sigma_data):
     ({"type": "loguniform", "min_value": 0.01, "max_value": 50.0}, lambda n: KD.rand_log_uniform([n], 0.01, 50.0)),
     ({"type": "v-diffusion", "min_value": 0.01, "max_value": 80.0},
      lambda n: KD.rand_v_diffusion([n], sigma_data=0.5, min_value=0.01, max_value=80.0)),
+    ({"type": "loglogistic", "loc": -0.5, "scale": 0.6, "min_value": 0.005, "max_value": 100.0},
+     lambda n: KD.rand_log_logistic([n], -0.5, 0.6, 0.005, 100.0)),
+    ({"type": "loglogistic"}, lambda n: KD.rand_log_logistic([n], math.log(0.5), 0.5)),  # defaults: ln σ_d, 0.5
+    ({"type": "split-lognormal", "mean": -0.8, "std_1": 0.7, "std_2": 1.6},
+     lambda n: KD.rand_split_log_normal([n], -0.8, 0.7, 1.6)),
+    ({"type": "cosine-interpolated", "image_d": 256, "noise_d_low": 32, "noise_d_high": 128},
+     lambda n: KD.rand_cosine_interpolated([n], 256, 32, 128, sigma_data=0.5, min_value=1e-3, max_value=1e3)),
 ])
 def test_from_k_diffusion_densities_match_its_samplers(spec, sampler):
     obj = objectives.from_k_diffusion(spec, sigma_data=0.5)

@@ -110,9 +110,9 @@ def _flow_density(weighting_scheme: str, logit_mean: float, logit_std: float, mo
 
 
 def _mode_density(mode_scale: float, lam_shift: float) -> schedules.Schedule:
-    """SD3's mode sampler (Esser et al. 2024, Eq. (20)) as a λ-density: ``sd3-mode`` (derived there)."""
-    if "sd3-mode" not in schedules.REGISTRY:
-        raise OptionError("weighting_scheme 'mode' needs the sd3-mode schedule, which this version lacks")
+    """SD3's mode sampler (Esser et al. 2024, §3.1) as a λ-density: the ``sd3-mode`` schedule, whose density is
+    derived there (f_mode has no closed-form inverse). diffusers takes σ = 1 − f_mode(u), which has the same law as
+    f_mode(u) (f_mode(1 − u) = 1 − f_mode(u))."""
     return schedules.get("sd3-mode", scale=mode_scale, logsnr_min=-_INF, logsnr_max=_INF, shift=lam_shift)
 
 
@@ -195,12 +195,12 @@ def _kd_density(spec: dict, sigma_data: float, sigma_min: float, sigma_max: floa
     if kind == "lognormal":  # ln σ ~ N(loc, scale²)
         return schedules.get("edm", p_mean=spec["loc"], p_std=spec["scale"], logsnr_min=-_INF, logsnr_max=_INF)
     if kind == "loguniform":  # ln σ uniform: λ uniform
-        lo, hi = _sigma_range(spec, sigma_min, sigma_max)
-        return schedules.get("linear-logsnr", logsnr_min=lo, logsnr_max=hi)
+        return schedules.get("log-uniform", sigma_min=spec.get("min_value", sigma_min),
+                             sigma_max=spec.get("max_value", sigma_max))
     if kind in ("v-diffusion", "cosine"):  # σ = σ_d tan(θ), θ uniform: the cosine schedule shifted by −2 ln σ_d
         lo, hi = _sigma_range(spec, 1e-3, 1e3)
         return schedules.get("cosine", logsnr_min=lo, logsnr_max=hi, shift=-2 * math.log(sigma_data))
-    return _kd_obj_density(kind, spec, sigma_data)
+    return _kd_obj_density(kind, spec, sigma_data, sigma_min, sigma_max)
 
 
 _KD_DENSITIES = {
@@ -210,21 +210,31 @@ _KD_DENSITIES = {
     "v-diffusion": ("min_value", "max_value"),
     "cosine": ("min_value", "max_value"),
     "split-lognormal": ("loc", "scale_1", "scale_2", "mean", "std_1", "std_2"),
+    "cosine-interpolated": ("image_d", "noise_d_low", "noise_d_high", "min_value", "max_value"),
 }
 
 
-def _kd_obj_density(kind: str, spec: dict, sigma_data: float) -> schedules.Schedule:
-    """The k-diffusion densities that need the log-logistic and split-log-normal schedules."""
-    if kind == "loglogistic":
+def _kd_obj_density(kind: str, spec: dict, sigma_data: float, sigma_min: float, sigma_max: float
+                    ) -> schedules.Schedule:
+    """k-diffusion's log-logistic, split-log-normal and cosine-interpolated densities."""
+    if kind == "loglogistic":  # ln σ = loc + scale·logit(u), truncated to [min_value, max_value]
         lo, hi = _sigma_range(spec, 0.0, _INF)
-        name, params = "log-logistic", {"loc": spec.get("loc", math.log(sigma_data)), "scale": spec.get("scale", 0.5)}
-        params |= {"logsnr_min": lo, "logsnr_max": hi}
-    else:
-        name, params = "split-log-normal", {k: spec[k] for k in ("loc", "scale_1", "scale_2")}
-        params |= {"logsnr_min": -_INF, "logsnr_max": _INF}
-    if name not in schedules.REGISTRY:
-        raise OptionError(f"sigma_sample_density {kind!r} needs the {name} schedule, which this version lacks")
-    return schedules.get(name, **params)
+        return schedules.get("log-logistic", loc=spec.get("loc", math.log(sigma_data)), scale=spec.get("scale", 0.5),
+                             logsnr_min=lo, logsnr_max=hi)
+    if kind == "split-lognormal":
+        return schedules.get("split-log-normal", loc=spec["loc"], scale_1=spec["scale_1"], scale_2=spec["scale_2"],
+                             logsnr_min=-_INF, logsnr_max=_INF)
+    # cosine-interpolated (utils.rand_cosine_interpolated): logsnr(u) = lerp(cos(u) + s_low, cos(u) + s_high, u) with
+    # s = 2 ln(noise_d/image_d) and u = 0 at the noise end; σ = σ_d e^{−logsnr/2}, so λ = logsnr − 2 ln σ_d. That is
+    # the interpolated cosine with shift_lo (noise end) = s_low, shift_hi (data end) = s_high; k-diffusion truncates
+    # each shifted cosine to [λ_min, λ_max] before interpolating, a difference of order e^{−λ_max/2} in t.
+    if "image_d" not in spec:
+        raise OptionError("sigma_sample_density 'cosine-interpolated' needs image_d (max of the input size)")
+    image_d = spec["image_d"]
+    lo, hi = _sigma_range(spec, min(sigma_min, 1e-3), max(sigma_max, 1e3))
+    return schedules.get("interpolated-cosine", shift_lo=2 * math.log(spec.get("noise_d_low", 32) / image_d),
+                         shift_hi=2 * math.log(spec.get("noise_d_high", image_d) / image_d), logsnr_min=lo,
+                         logsnr_max=hi, shift=-2 * math.log(sigma_data))
 
 
 KD_DENSITY_KEYS = ("type",) + tuple(dict.fromkeys(k for keys in _KD_DENSITIES.values() for k in keys))
