@@ -245,17 +245,27 @@ def test_from_kohya_sd_matches_transcription(v_prediction, gamma, debiased):
     assert _ratio_dev(ours, theirs, DIM) < 1e-5  # kohya's float32 SNR table vs our float64 one
 
 
-def kohya_flow_sigmas(timestep_sampling, n, sigmoid_scale=1.0, shift=3.0, generator=None):
-    """library/flux_train_utils.py get_noisy_model_input_and_timesteps (sigmoid and shift branches), transcribed."""
+def kohya_flow_sigmas(timestep_sampling, n, sigmoid_scale=1.0, shift=3.0, generator=None, h=128, w=128):
+    """library/flux_train_utils.py get_noisy_model_input_and_timesteps (sigmoid, shift and flux_shift branches, with
+    get_lin_function and time_shift), transcribed; ``h``, ``w``: the latent size."""
     if timestep_sampling == "sigmoid":
         return torch.sigmoid(sigmoid_scale * torch.randn((n,), generator=generator, dtype=torch.float64))
     sigmas = (torch.randn(n, generator=generator, dtype=torch.float64) * sigmoid_scale).sigmoid()
+    if timestep_sampling == "flux_shift":
+        m = (1.15 - 0.5) / (4096 - 256)
+        mu = m * ((h // 2) * (w // 2)) + (0.5 - m * 256)
+        return math.exp(mu) / (math.exp(mu) + (1 / sigmas - 1) ** 1.0)
     return (sigmas * shift) / (1 + (shift - 1) * sigmas)
 
 
-@pytest.mark.parametrize("sampling,scale,shift", [("sigmoid", 1.0, 1.0), ("sigmoid", 1.5, 1.0), ("shift", 1.0, 3.1582)])
+FLUX_SHIFT_1024 = math.exp(0.5 + (1.15 - 0.5) / 3840 * (64 * 64 - 256))  # e^μ for 128×128 latents (1024 px)
+
+
+@pytest.mark.parametrize("sampling,scale,shift", [("sigmoid", 1.0, 1.0), ("sigmoid", 1.5, 1.0), ("shift", 1.0, 3.1582),
+                                                  ("flux_shift", 1.0, FLUX_SHIFT_1024)])
 def test_from_kohya_flow_matches_transcription(sampling, scale, shift):
-    obj = objectives.from_kohya(timestep_sampling=sampling, sigmoid_scale=scale, discrete_flow_shift=shift)
+    obj = objectives.from_kohya(timestep_sampling=sampling, sigmoid_scale=scale, discrete_flow_shift=shift,
+                                image_seq_len=64 * 64)
     sigmas = kohya_flow_sigmas(sampling, 256, scale, shift, torch.Generator().manual_seed(4))
     x, noise = _data(256)
     net = Net(6)
@@ -272,6 +282,10 @@ def test_from_kohya_flux_ignores_min_snr_and_refuses_sigma_scaled():
         obj = objectives.from_kohya(timestep_sampling="sigmoid", sigmoid_scale=1.0, min_snr_gamma=5)
     grid = torch.linspace(-15, 15, 61, dtype=torch.float64)
     assert torch.allclose(obj.weighting(grid), weightings.SD3()(grid), rtol=1e-12)  # rf/lognorm(0, 1)
+    sigma = objectives.from_kohya(timestep_sampling="sigma", weighting_scheme="logit_normal", discrete_flow_shift=3.0)
+    diffusers_sd3 = objectives.from_diffusers(FlowMatchEulerDiscreteScheduler(shift=3.0),
+                                              weighting_scheme="logit_normal")
+    assert torch.allclose(sigma.weighting(grid), diffusers_sd3.weighting(grid), rtol=1e-12)  # the same sampler
     with pytest.raises(OptionError, match="sigma_scaled.*choose from: raw, additive"):
         objectives.from_kohya(timestep_sampling="sigma", model_prediction_type="sigma_scaled")
 
