@@ -277,7 +277,7 @@ def test_from_kohya_flow_matches_transcription(sampling, scale, shift):
     assert _ecdf_dev(lam, obj) < 0.009
 
 
-def test_from_kohya_flux_ignores_min_snr_and_refuses_sigma_scaled():
+def test_from_kohya_flux_ignores_min_snr_and_sigma_is_diffusers_sampler():
     with pytest.warns(UserWarning, match="ignore min_snr_gamma"):
         obj = objectives.from_kohya(timestep_sampling="sigmoid", sigmoid_scale=1.0, min_snr_gamma=5)
     grid = torch.linspace(-15, 15, 61, dtype=torch.float64)
@@ -286,8 +286,35 @@ def test_from_kohya_flux_ignores_min_snr_and_refuses_sigma_scaled():
     diffusers_sd3 = objectives.from_diffusers(FlowMatchEulerDiscreteScheduler(shift=3.0),
                                               weighting_scheme="logit_normal")
     assert torch.allclose(sigma.weighting(grid), diffusers_sd3.weighting(grid), rtol=1e-12)  # the same sampler
-    with pytest.raises(OptionError, match="sigma_scaled.*choose from: raw, additive"):
-        objectives.from_kohya(timestep_sampling="sigma", model_prediction_type="sigma_scaled")
+    with pytest.raises(OptionError, match="unknown model_prediction_type 'x'; choose from: raw, additive"):
+        objectives.from_kohya(timestep_sampling="sigma", model_prediction_type="x")
+
+
+class SigmaScaled(nn.Module):
+    """kohya's sigma_scaled velocity û = z_RF − σ·out of a raw network ``out``, as a diffusers-flow model."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, sample, timestep, class_labels=None, return_dict=True):
+        return (sample - (timestep / 1000)[:, None] * self.net(sample, timestep)[0],)
+
+
+@pytest.mark.parametrize("scheme", ["sigma_sqrt", "cosmap", "uniform"])
+def test_from_kohya_sigma_scaled_matches_transcription(scheme):
+    obj = objectives.from_kohya(timestep_sampling="sigmoid", model_prediction_type="sigma_scaled",
+                                weighting_scheme=scheme)
+    sigmas = kohya_flow_sigmas("sigmoid", 256, generator=torch.Generator().manual_seed(6))
+    x, noise = _data(256)
+    net = Net(10)
+    noisy = (1 - sigmas[:, None]) * x + sigmas[:, None] * noise
+    # flux_train_utils.apply_model_prediction_type (sigma_scaled) and flux_train_network.py: target = noise − latents
+    model_pred = net(noisy, sigmas * 1000)[0] * (-sigmas[:, None]) + noisy
+    weighting = compute_loss_weighting_for_sd3(scheme, sigmas[:, None]).double()
+    theirs = (weighting * (model_pred - (noise - x)) ** 2).mean(1)
+    ours = _ours(obj, adapters.wrap(SigmaScaled(net), "diffusers-flow"), x, noise, -2 * torch.logit(sigmas))
+    assert _ratio_dev(ours, theirs, DIM * _normal_mass(0.0, 2.0)) < 1e-6  # sigma_sqrt weights are float32
 
 
 # ---- EDM (not installable: training/loss.py transcribed) ----------------------------------------------------

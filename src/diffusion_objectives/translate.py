@@ -326,11 +326,12 @@ def from_kohya(*, timestep_sampling: str | None = None, discrete_flow_shift: flo
                ) -> objectives.Objective:
     r"""kohya sd-scripts' objective from its flags (transcribed: the package cannot be installed here).
 
-    With ``timestep_sampling`` (uniform, sigmoid, shift, flux_shift, sigma): the FLUX.1/SD3 trainers, target
-    ε − x, c = 1 (``model_prediction_type`` raw or additive: the output plus z is still the velocity), π by
-    :func:`_kohya_flow_density`. Their ``post_process_loss`` returns the loss unchanged, so ``min_snr_gamma`` and
-    ``debiased_estimation_loss`` have no effect there (a warning says so). ``sigma_scaled`` compares
-    z − σ·out with the velocity ε − x, a target no denoiser parameterization has: refused.
+    With ``timestep_sampling`` (uniform, sigmoid, shift, flux_shift, sigma): the FLUX.1/SD3 trainers, π by
+    :func:`_kohya_flow_density`, target ε − x in every ``model_prediction_type``: raw (û = out) and additive
+    (û = out + z) with c = 1; sigma_scaled (û = z − σ·out, compared with ε − x as well, so still a velocity loss,
+    not the x-loss its name suggests) with c from ``compute_loss_weighting_for_sd3(weighting_scheme)`` (σ⁻² for
+    sigma_sqrt, 2/(π(1 − 2σ + 2σ²)) for cosmap). Their ``post_process_loss`` returns the loss unchanged, so
+    ``min_snr_gamma`` and ``debiased_estimation_loss`` have no effect there (a warning says so).
 
     Without it: the SD 1.x/2.x/XL trainers, uniform integer timesteps in [min_timestep, max_timestep) of
     :func:`kohya_sd_table`, target ε (v with ``v_parameterization``), c = Min-SNR-γ (``apply_snr_weight``) times
@@ -346,15 +347,14 @@ def from_kohya(*, timestep_sampling: str | None = None, discrete_flow_shift: flo
                                          citation="kohya-ss/sd-scripts library/custom_train_functions.py")
     _choice(timestep_sampling, KOHYA_SAMPLING, "timestep_sampling")
     scheme = _choice(weighting_scheme, KOHYA_SCHEMES, "weighting_scheme")
-    if _choice(model_prediction_type, ("raw", "additive", "sigma_scaled"), "model_prediction_type") == "sigma_scaled":
-        raise OptionError("model_prediction_type 'sigma_scaled' compares z − σ·out with the velocity ε − x: not a "
-                          "denoising target of any parameterization; choose from: raw, additive")
+    scaled = _choice(model_prediction_type, ("raw", "additive", "sigma_scaled"), "model_prediction_type")
+    c = {"sigma_sqrt": SIGMA_SQRT, "cosmap": COSMAP}.get(scheme) if scaled == "sigma_scaled" else None
     if min_snr_gamma or debiased_estimation_loss:
         warnings.warn("kohya's FLUX.1/SD3 trainers ignore min_snr_gamma and debiased_estimation_loss "
                       "(flux_train_network.py post_process_loss returns the loss unchanged)", UserWarning, stacklevel=2)
     density = _kohya_flow_density(timestep_sampling, sigmoid_scale, discrete_flow_shift, image_seq_len,
                                   ("none" if scheme == "uniform" else scheme, logit_mean, logit_std, mode_scale))
-    return objectives.from_published(density, None, parameterizations.Flow(), name="kohya", citation=KOHYA_CITATION)
+    return objectives.from_published(density, c, parameterizations.Flow(), name="kohya", citation=KOHYA_CITATION)
 
 
 # ---- EDM / EDM2 -------------------------------------------------------------------------------------------
