@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from diffusion_objectives import adapters, mixtures, objectives, weightings
+from diffusion_objectives import adapters, elbo, mixtures, objectives, parameterizations, samplers, weightings
 from diffusion_objectives.errors import OptionError
 from diffusion_objectives.tabulated import Tabulated
 
@@ -23,15 +23,16 @@ MIX = mixtures.anisotropic_pair()
 def posterior_eps(y, a, s):
     """E[ε | y = a x + s ε] for x ~ MIX, by autograd of log p(y) (torch.distributions): −s ∇ log p(y).
     Written without mixtures.py's closed forms; ``a``, ``s`` are ``[B]``."""
-    y = y.detach().to(torch.float64).requires_grad_(True)
-    a, s = (torch.as_tensor(v, dtype=torch.float64).reshape(-1, 1) for v in (a, s))
+    a, s = (torch.as_tensor(v, dtype=torch.float64).detach().reshape(-1, 1) for v in (a, s))
     eye = torch.eye(2, dtype=torch.float64)
-    logps = []
-    for k in range(2):
-        cov = a[:, :, None] ** 2 * MIX.covariances[k] + s[:, :, None] ** 2 * eye
-        dist = torch.distributions.MultivariateNormal(a * MIX.means[k], covariance_matrix=cov)
-        logps.append(math.log(float(MIX.weights[k])) + dist.log_prob(y))
-    (score,) = torch.autograd.grad(torch.logsumexp(torch.stack(logps), 0).sum(), y)
+    with torch.enable_grad():  # samplers call the model under no_grad
+        y = y.detach().to(torch.float64).requires_grad_(True)
+        logps = []
+        for k in range(2):
+            cov = a[:, :, None] ** 2 * MIX.covariances[k] + s[:, :, None] ** 2 * eye
+            dist = torch.distributions.MultivariateNormal(a * MIX.means[k], covariance_matrix=cov)
+            logps.append(math.log(float(MIX.weights[k])) + dist.log_prob(y))
+        (score,) = torch.autograd.grad(torch.logsumexp(torch.stack(logps), 0).sum(), y)
     return -s * score
 
 
@@ -232,3 +233,19 @@ def test_x_model_without_skip_under_elbo_warns():
         adapters.wrap(Peer(edm_raw(0.5)), "edm-raw", objective=elbo)  # EDM's preconditioning is a skip
         adapters.wrap(Peer(logsnr_eps), "logsnr", parameterization="eps", objective=elbo)  # ε-prediction
         adapters.wrap(Peer(denoiser_sigma), "denoiser-sigma", objective=objectives.get("sigmoid"))  # w e^λ bounded
+
+
+def test_wrapped_model_is_used_unchanged_by_elbo_and_samplers():
+    """The ELBO and a sampler see the same denoiser through an adapter as the library's own mixture model."""
+    own = MIX.denoiser(parameterizations.Eps())
+    wrapped = adapters.wrap(Peer(edm_raw(0.5)), "edm-raw", sigma_data=0.5)
+    x = MIX.sample(16, torch.Generator().manual_seed(3))
+    pairs = ((own, parameterizations.Eps()), (wrapped, wrapped.parameterization))
+    a, b = (elbo(m, p, x, samples=16, replicates=2, reconstruction_samples=2,
+                 generator=torch.Generator().manual_seed(4)) for m, p in pairs)
+    assert float((a.total - b.total).abs().max()) < 1e-6
+    noise = torch.randn(8, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    grid = samplers.grid_edm(8)
+    xs = [samplers.heun(m, p, noise.clone(), grid) for m, p in ((own, parameterizations.Eps()),
+                                                               (wrapped, wrapped.parameterization))]
+    assert float((xs[0] - xs[1]).abs().max()) < 1e-6

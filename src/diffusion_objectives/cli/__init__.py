@@ -13,6 +13,7 @@ from ..errors import OptionError
 from . import compare as _compare
 from . import elbo as _elbo
 from . import evaluate as _evaluate
+from . import explain as _explain
 from . import export as _export
 from . import fid_ref as _fid_ref
 from . import sample as _sample
@@ -21,7 +22,7 @@ from . import weightings as _weightings
 
 __all__ = ["main", "build_parser"]
 
-COMMANDS = [_weightings, _train, _sample, _elbo, _evaluate, _fid_ref, _compare, _export]
+COMMANDS = [_weightings, _explain, _train, _sample, _elbo, _evaluate, _fid_ref, _compare, _export]
 
 
 class _Parser(argparse.ArgumentParser):
