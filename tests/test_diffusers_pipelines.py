@@ -200,3 +200,42 @@ def test_foreign_pipeline_bits_per_dim_per_noise_level(foreign, tmp_path, capsys
     assert main(["sample", str(foreign), "--data", "digits", "--n", "4", "--steps", "4", "--sampler", "ddim",
                  "--out", str(tmp_path / "s"), "--no-progress"]) == 0
     assert np.load(tmp_path / "s" / "samples.npz")["arr_0"].shape[0] == 4
+
+
+CONDITIONAL_SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np, torch
+    from diffusers import DiffusionPipeline
+    pipe = DiffusionPipeline.from_pretrained(sys.argv[1])
+    z = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = [pipe.unet(z, 500, class_labels=torch.tensor(c)).sample.numpy() for c in ([3, 7], [10, 10])]
+    assert "diffusion_objectives" not in sys.modules
+    np.savez(sys.argv[2], z=z.numpy(), labelled=out[0], null=out[1])
+""")
+
+
+def test_conditional_export_keeps_the_null_label(tmp_path):
+    """A class-conditional digits run: the exported unet has 10 + 1 class embeddings, and diffusers calling it at
+    timestep 500 with labels, or with the null label 10, gives our model at λ_500 with those labels, or none."""
+    run = _train(tmp_path / "run", "--preset", "digits", "--steps", "2")
+    out = tmp_path / "pipe"
+    assert main(["export", str(run), "--to", "diffusers", "--out", str(out)]) == 0
+    record = json.loads((out / "diffobj.json").read_text())
+    unet_config = json.loads((out / "unet" / "config.json").read_text())
+    assert record["null_label"] == 10 and unet_config["num_class_embeds"] == 11
+    script = tmp_path / "cond.py"
+    script.write_text(CONDITIONAL_SCRIPT)
+    subprocess.run([sys.executable, str(script), str(out), str(tmp_path / "o.npz")], check=True, timeout=300,
+                   capture_output=True)
+    got = np.load(tmp_path / "o.npz")
+    betas = np.asarray(json.loads((out / "scheduler" / "scheduler_config.json").read_text())["trained_betas"])
+    abar = float(np.cumprod(np.float32(1) - betas.astype(np.float32), dtype=np.float32)[500])
+    lam = torch.full((2,), math.log(abar) - math.log1p(-abar))
+    loaded = load_for_inference(run)
+    z = torch.from_numpy(got["z"])
+    with torch.no_grad():
+        np.testing.assert_allclose(loaded.model(z, lam, torch.tensor([3, 7])).numpy(), got["labelled"], atol=1e-4)
+        np.testing.assert_allclose(loaded.model(z, lam).numpy(), got["null"], atol=1e-4)
+    assert main(["sample", str(out), "--n", "4", "--steps", "4", "--sampler", "ddim", "--guidance", "1",
+                 "--out", str(tmp_path / "s"), "--no-progress"]) == 0

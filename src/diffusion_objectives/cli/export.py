@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     out = check_output_dir(args.out)
     if out.exists() and any(out.iterdir()):
         raise OptionError(f"--out {str(out)!r}: exists and is not empty; give a new directory")
-    args.device, args.data = "cpu", None
+    args.device = "cpu"
     loaded = load_checkpoint(args)
     pipelines.prediction_type(loaded)  # refuse before writing anything
     with staged_dir(out) as stage:

@@ -64,7 +64,8 @@ def add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def load_checkpoint(args: argparse.Namespace):
-    """:func:`~diffusion_objectives.training.load_for_inference` of ``args.checkpoint`` (warnings on stderr)."""
+    """:func:`~diffusion_objectives.training.load_for_inference` of ``args.checkpoint`` (warnings on stderr), or
+    :func:`~diffusion_objectives.pipelines.load_diffusers_pipeline` of a diffusers pipeline directory (``--data``)."""
     import torch
 
     from .. import pipelines
@@ -77,11 +78,15 @@ def load_checkpoint(args: argparse.Namespace):
         raise OptionError(f"--device: expected cpu, cuda, cuda:N or auto, got {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise OptionError("--device cuda: no CUDA device is available")
+    data = getattr(args, "data", None)
     if pipelines.is_pipeline_dir(args.checkpoint):  # a diffusers pipeline directory (docs/adapters.md)
-        if args.data is None and not pipelines.has_run_record(args.checkpoint):
+        if data is None and not pipelines.has_run_record(args.checkpoint):
             raise OptionError(f"{args.checkpoint!r} is a diffusers pipeline without a diffobj.json run record: "
                               "name its dataset with --data NAME")
-        return pipelines.load_diffusers_pipeline(args.checkpoint, data=args.data, device=device)
+        return pipelines.load_diffusers_pipeline(args.checkpoint, data=data, device=device)
+    if data is not None:
+        raise OptionError(f"--data applies to a diffusers pipeline directory; {args.checkpoint!r} has no "
+                          "model_index.json (a run's dataset is in its config)")
     return load_for_inference(args.checkpoint, ema=args.ema, device=device,
                               warn=lambda msg: print(f"warning: {msg}", file=sys.stderr))
 
