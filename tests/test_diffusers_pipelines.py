@@ -88,26 +88,34 @@ def test_the_unet_gets_the_linear_table_timestep_and_the_null_label(tmp_path):
 PIPELINE_SCRIPT = textwrap.dedent("""
     import json, sys
     import numpy as np, torch
-    from diffusers import DiffusionPipeline
+    from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler
     path, steps, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     seeds = [0, 1, 2, 3]
     pipe = DiffusionPipeline.from_pretrained(path)
     images = pipe(batch_size=4, generator=[torch.Generator().manual_seed(s) for s in seeds], eta=0.0,
                   num_inference_steps=steps, output_type="np").images
-    unet, sched = pipe.unet, pipe.scheduler  # the same chain, unclamped
-    sched.set_timesteps(steps)
+    unet = pipe.unet
     shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
-    x = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
-    with torch.no_grad():
-        for t in sched.timesteps:
-            x = sched.step(unet(x, t).sample, t, x).prev_sample
+
+    def chain(sched):  # the pipeline's loop, unclamped
+        sched.set_timesteps(steps)
+        x = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+        with torch.no_grad():
+            for t in sched.timesteps:
+                x = sched.step(unet(x, t).sample, t, x).prev_sample
+        return x.numpy(), sched.timesteps.numpy()
+
+    x, timesteps = chain(pipe.scheduler)
+    dpm = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++",
+                                                  solver_order=2, final_sigmas_type="zero")
+    x_dpm, timesteps_dpm = chain(dpm)
     assert "diffusion_objectives" not in sys.modules
-    np.savez(out, images=images, x=x.numpy(), timesteps=sched.timesteps.numpy(),
-             alphas_cumprod=sched.alphas_cumprod.double().numpy(), cls=type(pipe).__name__)
+    np.savez(out, images=images, x=x, timesteps=timesteps, x_dpm=x_dpm, timesteps_dpm=timesteps_dpm,
+             alphas_cumprod=pipe.scheduler.alphas_cumprod.double().numpy())
 """)
 
 
-def test_exported_pipeline_samples_like_the_library_ddim(v_run, exported, tmp_path):
+def test_exported_pipeline_samples_like_the_library_ddim_and_dpm_solver(v_run, exported, tmp_path):
     index = json.loads((exported / "model_index.json").read_text())
     assert index["unet"] == ["diffusers", "UNet2DModel"] and index["scheduler"] == ["diffusers", "DDIMScheduler"]
     steps = 10
@@ -126,6 +134,10 @@ def test_exported_pipeline_samples_like_the_library_ddim(v_run, exported, tmp_pa
     assert np.abs(got["x"] - ours).max() < 1e-4 * max(1.0, np.abs(ours).max())
     pixels = ((np.clip(ours, -1, 1) + 1) / 2).transpose(0, 2, 3, 1)  # DDIMPipeline's output_type="np"
     assert np.abs(got["images"] - pixels).max() < 1e-4
+    # DPM-Solver++(2M) from the same scheduler configuration: the library's dpmpp_2m on the same grid
+    assert list(got["timesteps_dpm"]) == list(got["timesteps"])
+    ours = samplers.dpmpp_2m(loaded.model, loaded.objective.parameterization, noise, grid).numpy()
+    assert np.abs(got["x_dpm"] - ours).max() < 1e-4 * max(1.0, np.abs(ours).max())
 
 
 def test_models_without_an_exact_mapping_exit_2_saying_why(tmp_path, capsys):

@@ -7,7 +7,9 @@ network that *is* a diffusers model called in diffusers' own convention: ``diffu
 ``sample``). The scheduler is ``DDIMScheduler`` on the network's own noise table (``trained_betas``), without
 clipping, ``set_alpha_to_one`` (the last step returns x̂) and ``timestep_spacing="trailing"``, so N inference
 steps visit τ_k = T − 1 − k·T/N (k = 0 … N − 1; T divisible by N) and the DDIM update z_s = α_s x̂ + σ_s ε̂ is the
-library's :func:`~diffusion_objectives.samplers.ddim` on the grid λ_k = λ(τ_{N−1−k}). The only difference is the
+library's :func:`~diffusion_objectives.samplers.ddim` on the grid λ_k = λ(τ_k) (increasing in k); the same configuration
+in ``DPMSolverMultistepScheduler`` (``dpmsolver++``, order 2, ``final_sigmas_type="zero"``) is
+:func:`~diffusion_objectives.samplers.dpmpp_2m` on that grid. The only difference is the
 start: diffusers starts at z = noise, the library at z = σ(λ_0)·noise (docs/adapters.md, "Export to diffusers").
 A ``RUN_RECORD`` (``diffobj.json``) beside them keeps the run's resolved config, step and null label.
 
