@@ -13,9 +13,13 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from hypothesis import given
+from hypothesis import strategies as st
 
-from diffusion_objectives import samplers
+from diffusion_objectives import networks, samplers
 from diffusion_objectives.cli import main
+from diffusion_objectives.errors import OptionError
+from diffusion_objectives.networks.diffusers_unet import linear_logsnr_betas
 from diffusion_objectives.training import load_for_inference
 
 COMMON = ["--no-progress", "--set", "run.sample_every=0", "--set", "run.device=cpu", "--set", "run.precision=fp32",
@@ -70,8 +74,6 @@ def test_the_unet_gets_the_linear_table_timestep_and_the_null_label(tmp_path):
     """The network is the UNet2DModel called at τ = (λ_max − λ)/(λ_max − λ_min)·(T − 1) (the table is linear
     in λ; float32 ᾱ bends it only near λ_max), with ``class_labels`` = the label, and label ``None`` is the
     null label num_classes (class embedding num_classes + 1 rows)."""
-    from diffusion_objectives import networks
-
     net = networks.get("diffusers-unet2d", in_channels=1, resolution=8, num_classes=10, seed=3)
     assert net.unet.class_embedding.num_embeddings == 11 and net.null_label == 10
     z = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -83,6 +85,22 @@ def test_the_unet_gets_the_linear_table_timestep_and_the_null_label(tmp_path):
         null = net.unet(z, tau, class_labels=torch.full((4,), 10)).sample
         torch.testing.assert_close(net(z, lam, labels), want, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(net(z, lam), null, atol=1e-4, rtol=1e-4)
+
+
+@given(st.floats(-20, 0), st.floats(0.5, 20), st.integers(2, 2000))
+def test_linear_table_betas(lo, width, T):
+    """∏_{s ≤ τ}(1 − β_s) = sigmoid(λ_τ) with λ linear from λ_max to λ_min (float64, DDPM Eq. (4))."""
+    hi = lo + width
+    betas = np.asarray(linear_logsnr_betas(lo, hi, T))
+    lam = hi - width * np.arange(T) / (T - 1)
+    log_abar = np.cumsum(np.log1p(-betas))
+    assert np.all((betas > 0) & (betas < 1))
+    np.testing.assert_allclose(log_abar, -np.logaddexp(0, -lam), rtol=1e-9, atol=1e-12)
+
+
+def test_a_table_float32_cannot_hold_is_refused():
+    with pytest.raises(OptionError, match="logsnr_max"):
+        networks.get("diffusers-unet2d", in_channels=1, resolution=8, logsnr_max=15.0)
 
 
 PIPELINE_SCRIPT = textwrap.dedent("""

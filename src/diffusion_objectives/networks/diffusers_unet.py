@@ -159,5 +159,11 @@ def diffusers_unet2d(
     with init_rng(seed):
         unet = UNet2DModel(sample_size=data_shape[-1] if len(data_shape) == 3 else 1, in_channels=data_shape[0],
                            out_channels=data_shape[0], num_train_timesteps=num_train_timesteps, **unet_kwargs)
-    adapter = adapters.wrap(unet, "diffusers", scheduler=scheduler_config(logsnr_min, logsnr_max, num_train_timesteps))
+    try:
+        adapter = adapters.wrap(unet, "diffusers",
+                                scheduler=scheduler_config(logsnr_min, logsnr_max, num_train_timesteps))
+    except ValueError as exc:  # diffusers' float32 ᾱ stops decreasing where β < 6e-8
+        raise OptionError(f"the noise table λ ∈ [{logsnr_min:g}, {logsnr_max:g}] over {num_train_timesteps} "
+                          f"timesteps is not usable in diffusers' float32 ᾱ ({exc}); lower logsnr_max "
+                          "(the default 13 works with 1000 timesteps)") from None
     return DiffusersNetwork(adapter, data_shape, num_classes)
