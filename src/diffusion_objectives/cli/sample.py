@@ -302,8 +302,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="guide with this (smaller or earlier) model instead of the unconditional one (autoguidance, "
                         "Karras et al. 2024); loaded with the same --ema/--device")
     p.add_argument("--guidance-interval", default=None, metavar="LO,HI",
-                   help="apply guidance only at λ in [LO, HI] (Kynkäänniemi et al. 2024), e.g. --guidance-interval=-1.5,4; "
-                        "default everywhere")
+                   help="apply guidance only at λ in [LO, HI] (Kynkäänniemi et al. 2024), e.g. "
+                        "--guidance-interval=-1.5,4; default everywhere")
     p.add_argument("--png", action=argparse.BooleanOptionalAction, default=True,
                    help="write one PNG per seed (default); --no-png writes only grid.png and samples.npz")
     p.set_defaults(run=run)
