@@ -215,8 +215,9 @@ class MinSNR(Weighting):
 
 class MinSNRV(MinSNR):
     r"""Min-SNR-γ in its v-prediction form (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR
-    Weighting Strategy"): c = min(SNR, γ)/(SNR + 1) on ‖v̂ − v‖², with the cosine schedule. k_v = (SNR + 1)/SNR, so c·k = min(1, γ/SNR) and
-    w = sech(λ/2) min(1, γ e^{−λ}) / π: *the same objective* as the ε form ``min-snr`` (derived)."""
+    Weighting Strategy"): c = min(SNR, γ)/(SNR + 1) on ‖v̂ − v‖², with the cosine schedule.
+    k_v = (SNR + 1)/SNR, so c·k = min(1, γ/SNR) and w = sech(λ/2) min(1, γ e^{−λ}) / π: *the same
+    objective* as the ε form ``min-snr`` (derived)."""
 
     name, formula = "min-snr-v", "w = sech(λ/2) min(1, γ e^{−λ}) / π  (c = min(SNR, γ)/(SNR+1) on v)"
 
