@@ -11,6 +11,7 @@ from scipy import optimize, stats
 
 from diffusion_objectives import weightings
 from diffusion_objectives.errors import OptionError
+from diffusion_objectives.theory import augmentation_density
 
 LAM = np.linspace(-15, 15, 301)
 
@@ -172,3 +173,22 @@ def test_debiased_eps_is_scaled_sigmoid_and_min_snr_v_equals_min_snr():
     torch.testing.assert_close(weightings.get("debiased")(lam), 2 / math.pi * weightings.get("sigmoid", bias=0.0)(lam))
     torch.testing.assert_close(weightings.get("min-snr-v", gamma=3.0)(lam), weightings.get("min-snr", gamma=3.0)(lam))
     assert repr(weightings.get("debiased", target="v")) == "Debiased(target=v, shift=0)"
+
+
+@pytest.mark.parametrize("name,params,minus_dw", [
+    # −d/dλ sigmoid(b − λ) = logistic density at λ with location b, scale 1
+    ("soft-min-snr", {"sigma_data": 0.5}, lambda l: stats.logistic.pdf(l, loc=2 * math.log(2))),
+    ("debiased", {}, lambda l: 2 / math.pi * stats.logistic.pdf(l)),
+    # w = (2/π) e^{−λ/2}/(1 + e^{λ}): −w' = (2/π) e^{−λ/2} (½/(1 + e^{λ}) + e^{λ}/(1 + e^{λ})²)
+    ("debiased", {"target": "v"},
+     lambda l: 2 / math.pi * np.exp(-l / 2) * (0.5 / (1 + np.exp(l)) + np.exp(l) / (1 + np.exp(l)) ** 2)),
+])
+def test_augmentation_density_of_new_monotone_weightings(name, params, minus_dw):
+    """KG23 §4: p_w = −w'/w(λ_min) plus the point mass w(λ_max)/w(λ_min), total mass 1."""
+    w = weightings.get(name, **params)
+    lam = torch.linspace(-15, 15, 3001, dtype=torch.float64)
+    aug = augmentation_density(w, lam, -15.0, 15.0)
+    w_min = float(w(torch.tensor(-15.0, dtype=torch.float64)))
+    np.testing.assert_allclose(aug.density.numpy(), minus_dw(lam.numpy()) / w_min, rtol=1e-8, atol=1e-300)
+    mass = float(torch.trapezoid(aug.density, lam)) + aug.point_mass
+    assert mass == pytest.approx(1.0, abs=1e-5)

@@ -493,7 +493,7 @@ class SD3Mode(Schedule):
 
 
 class InterpolatedCosine(Schedule):
-    r"""simple diffusion's interpolated cosine schedule (Hoogeboom et al. 2023, §3.1 / Eq. 5): the shifted
+    r"""simple diffusion's interpolated cosine schedule (Hoogeboom et al. 2023, §3.1): the shifted
     cosine schedules λ_cos(τ) + s_lo and λ_cos(τ) + s_hi mixed linearly in time,
 
     .. math::  \lambda(\tau) = \tau(\lambda_{cos}(\tau) + s_{lo}) + (1 - \tau)(\lambda_{cos}(\tau) + s_{hi})

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import adapters, objectives, parameterizations, schedules
+from . import adapters, objectives, parameterizations, schedules, shifts
 from .errors import OptionError
 from .registry import Registry
 from .tabulated import Tabulated, logsnr_from_alphas_cumprod
@@ -286,8 +286,8 @@ def kohya_sd_table(num_timesteps: int = 1000, beta_start: float = 0.00085, beta_
 
 def _kohya_flow_density(timestep_sampling, sigmoid_scale, discrete_flow_shift, image_seq_len, scheme_args):
     """π of kohya's flow trainers (flux_train_utils.get_noisy_model_input_and_timesteps): σ_RF = sigmoid(scale·n)
-    (sigmoid), its shift S (shift; flux_shift with shift e^μ, μ = 0.5 + (1.15 − 0.5)(L − 256)/(4096 − 256)
-    for L = ``image_seq_len``), U(0, 1) (uniform), or diffusers' scheme on the shifted table (sigma)."""
+    (sigmoid), its shift S (shift; flux_shift with shift e^μ, μ = :func:`~diffusion_objectives.shifts.flux_mu` of
+    L = ``image_seq_len``), U(0, 1) (uniform), or diffusers' scheme on the shifted table (sigma)."""
     if timestep_sampling == "uniform":
         return schedules.get("flow", logsnr_min=-_INF, logsnr_max=_INF)
     if timestep_sampling == "sigma":
@@ -298,7 +298,7 @@ def _kohya_flow_density(timestep_sampling, sigmoid_scale, discrete_flow_shift, i
     elif timestep_sampling == "flux_shift":
         if image_seq_len is None:
             raise OptionError("timestep_sampling 'flux_shift' needs image_seq_len ((h/2)·(w/2) of the latents)")
-        shift = math.exp(0.5 + (1.15 - 0.5) / (4096 - 256) * (image_seq_len - 256))
+        shift = math.exp(shifts.flux_mu(image_seq_len))
     if not (sigmoid_scale > 0 and shift > 0):
         raise OptionError("sigmoid_scale and discrete_flow_shift must be positive")
     return schedules.get("logit-normal", m=0.0, s=sigmoid_scale, logsnr_min=-_INF, logsnr_max=_INF,

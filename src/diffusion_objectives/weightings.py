@@ -214,15 +214,16 @@ class MinSNR(Weighting):
 
 
 class MinSNRV(MinSNR):
-    r"""Min-SNR-γ in its v-prediction form (Hang et al. 2023, Table 1): c = min(SNR, γ)/(SNR + 1) on
-    ‖v̂ − v‖², with the cosine schedule. k_v = (SNR + 1)/SNR, so c·k = min(1, γ/SNR) and
-    w = sech(λ/2) min(1, γ e^{−λ}) / π: *the same objective* as the ε form ``min-snr`` (derived)."""
+    r"""Min-SNR-γ in its v-prediction form (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR
+    Weighting Strategy"): c = min(SNR, γ)/(SNR + 1) on ‖v̂ − v‖², with the cosine schedule.
+    k_v = (SNR + 1)/SNR, so c·k = min(1, γ/SNR) and w = sech(λ/2) min(1, γ e^{−λ}) / π: *the same
+    objective* as the ε form ``min-snr`` (derived)."""
 
     name, formula = "min-snr-v", "w = sech(λ/2) min(1, γ e^{−λ}) / π  (c = min(SNR, γ)/(SNR+1) on v)"
 
 
 class Debiased(Weighting):
-    r"""Debiased estimation (Yu et al. 2024, "Unmasking Bias in Diffusion Model Training", Eq. 12): the loss
+    r"""Debiased estimation (Yu et al. 2024, "Unmasking Bias in Diffusion Model Training"): the loss
     is multiplied by c = 1/√SNR on ‖ε̂ − ε‖² (``target="eps"``) or c = 1/(SNR + 1) on ‖v̂ − v‖²
     (``target="v"``, the kohya-ss form). Stated with the cosine schedule (like ``min-snr``),
     w = 2 p_cos c k = sech(λ/2)/π · c k, with c k = e^{−λ/2} (ε) or e^{−λ} (v, as k_v = 1 + e^{−λ}):
@@ -250,7 +251,7 @@ class Debiased(Weighting):
 
 
 class SoftMinSNR(Weighting):
-    r"""k-diffusion's ``soft-min-snr`` loss weighting (Crowson et al. 2024, HDiT §B; k-diffusion
+    r"""k-diffusion's ``soft-min-snr`` loss weighting (Crowson et al. 2024, HDiT; k-diffusion
     ``layers.Denoiser``): c = (σσ_d)²/(σ² + σ_d²)² on the EDM F-target, i.e. 1/(σ² + σ_d²) on ‖D − x‖²,
     the harmonic "soft minimum" of SNR = σ^{−2} and γ = σ_d^{−2}. With σ = e^{−λ/2} and
     k_F = (σ² + σ_d²)/σ_d², the per-example ε-space factor is c k_F = σ²/(σ² + σ_d²), so

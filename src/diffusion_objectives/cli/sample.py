@@ -11,7 +11,8 @@ left alone; samples.json and samples.npz always describe the latest command):
   the same pixels as the PNGs), ``arr_1`` int64 labels ``[N]`` (conditional models) and ``seeds`` ``[N]``.
   The file is itself an ``npz`` dataset: ``data.get("npz", path=..., levels=K)`` reads the samples back.
 - 2-D toy data: ``samples.npz`` with ``arr_0`` float32 ``[N, 2]`` and ``seeds``, and ``samples.png`` (scatter).
-- ``samples.json``: the provenance (checkpoint, step, EMA, sampler, grid, steps, guidance, seeds).
+- ``samples.json``: the provenance (checkpoint, step, EMA, sampler, grid, steps, guidance, seeds; the guidance
+  interval and the autoguidance checkpoint when used).
 
 The helpers below (checkpoint argument, seeds, progress bars, atomic writes) are shared by ``diffobj elbo``
 and ``diffobj evaluate``.
@@ -39,6 +40,8 @@ EXAMPLES = """examples:
   diffobj sample runs/digits/checkpoints/step-00002000 --no-ema --seeds 100-199 --out samples/raw
   diffobj sample runs/digits --sampler ancestral --steps 256 --grid cosine --out samples/anc
   diffobj sample runs/digits --guidance 1.5 --out samples/cfg             classifier-free guidance
+  diffobj sample runs/digits --autoguidance runs/digits-small --guidance 1 --out samples/ag   autoguidance, w = 2
+  diffobj sample runs/digits --guidance 1.5 --guidance-interval=-1.5,4 --out samples/gi  guidance for λ in [-1.5, 4]
   diffobj sample runs/toy --n 4096 --out samples/toy                      2-D data: samples.npz + scatter
   diffobj sample runs/in64 --sampler edm-stochastic --steps 256 --out s/in64  EDM's ImageNet-64 FID sampler
 """
@@ -63,9 +66,10 @@ def add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
                         "model_index.json); needed when it has no diffobj.json run record")
 
 
-def load_checkpoint(args: argparse.Namespace):
-    """:func:`~diffusion_objectives.training.load_for_inference` of ``args.checkpoint`` (warnings on stderr), or
-    :func:`~diffusion_objectives.pipelines.load_diffusers_pipeline` of a diffusers pipeline directory (``--data``)."""
+def load_checkpoint(args: argparse.Namespace, path: str | None = None):
+    """:func:`~diffusion_objectives.training.load_for_inference` of ``path`` (default ``args.checkpoint``) with
+    ``args.ema`` and ``args.device`` (warnings on stderr), or :func:`~diffusion_objectives.pipelines.
+    load_diffusers_pipeline` of a diffusers pipeline directory (``--data``)."""
     import torch
 
     from .. import pipelines
@@ -78,16 +82,17 @@ def load_checkpoint(args: argparse.Namespace):
         raise OptionError(f"--device: expected cpu, cuda, cuda:N or auto, got {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise OptionError("--device cuda: no CUDA device is available")
+    path = args.checkpoint if path is None else path
     data = getattr(args, "data", None)
-    if pipelines.is_pipeline_dir(args.checkpoint):  # a diffusers pipeline directory (docs/adapters.md)
-        if data is None and not pipelines.has_run_record(args.checkpoint):
-            raise OptionError(f"{args.checkpoint!r} is a diffusers pipeline without a diffobj.json run record: "
+    if pipelines.is_pipeline_dir(path):  # a diffusers pipeline directory (docs/adapters.md)
+        if data is None and not pipelines.has_run_record(path):
+            raise OptionError(f"{path!r} is a diffusers pipeline without a diffobj.json run record: "
                               "name its dataset with --data NAME")
-        return pipelines.load_diffusers_pipeline(args.checkpoint, data=data, device=device)
+        return pipelines.load_diffusers_pipeline(path, data=data, device=device)
     if data is not None:
-        raise OptionError(f"--data applies to a diffusers pipeline directory; {args.checkpoint!r} has no "
+        raise OptionError(f"--data applies to a diffusers pipeline directory; {path!r} has no "
                           "model_index.json (a run's dataset is in its config)")
-    return load_for_inference(args.checkpoint, ema=args.ema, device=device,
+    return load_for_inference(path, ema=args.ema, device=device,
                               warn=lambda msg: print(f"warning: {msg}", file=sys.stderr))
 
 
@@ -226,11 +231,26 @@ def _write_points(x, seeds: list[int], out: Path, title: str) -> list[str]:
 
 # ---- the command ----------------------------------------------------------------------------------------
 
+def parse_interval(text: str | None) -> tuple[float, float] | None:
+    """``--guidance-interval LO,HI`` (λ values, ``inf`` allowed) → (lo, hi) with lo ≤ hi."""
+    if text is None:
+        return None
+    parts = text.split(",")
+    try:
+        lo, hi = (float(v) for v in parts)
+    except ValueError:
+        raise OptionError(f"--guidance-interval: expected LO,HI (two λ values), got {text!r}") from None
+    if not lo <= hi:
+        raise OptionError(f"--guidance-interval: need LO <= HI, got {text!r}")
+    return lo, hi
+
+
 def run(args: argparse.Namespace) -> int:
     from .. import evaluation as E
 
     seeds = resolve_seeds(args.n, args.seeds, default_n=64)
-    settings = E.SampleSettings(args.sampler, args.steps, args.grid, args.guidance, args.ema)
+    settings = E.SampleSettings(args.sampler, args.steps, args.grid, args.guidance, args.ema,
+                                parse_interval(args.guidance_interval), args.autoguidance)
     E.sampling_grid(settings.resolved_grid(), settings.steps)  # validates --steps before loading anything
     if args.batch_size < 1:
         raise OptionError(f"--batch-size must be positive, got {args.batch_size}")
@@ -238,6 +258,7 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise OptionError(f"--out {str(out)!r} exists and is not a directory")
     loaded = load_checkpoint(args)
+    guide = None if args.autoguidance is None else load_checkpoint(args, args.autoguidance)
     bar = progress_bar(args)
     progress = bar(f"sampling ({settings.sampler}, {settings.steps} steps)", len(seeds)) if bar else None
     done = [0]
@@ -247,7 +268,7 @@ def run(args: argparse.Namespace) -> int:
             progress.update(k - done[0])
         done[0] = k
 
-    x, labels = E.generate(loaded, seeds, settings, batch_size=args.batch_size, progress=hook)
+    x, labels = E.generate(loaded, seeds, settings, batch_size=args.batch_size, progress=hook, guide=guide)
     if progress:
         progress.close()
     out.mkdir(parents=True, exist_ok=True)
@@ -264,6 +285,8 @@ def run(args: argparse.Namespace) -> int:
             "n": len(seeds), "seeds": format_seeds(seeds), "levels": levels,
             "layout": "arr_0 uint8 [N, H, W, C]" if image else "arr_0 float32 [N, D]",
             "labels": "arr_1 = seed mod num_classes" if labels is not None else None}
+    if guide is not None:
+        meta["autoguidance"] = checkpoint_info(guide)
     write_json(out / "samples.json", meta)
     print(f"{len(seeds)} samples from {loaded.checkpoint_dir} (step {loaded.step}, "
           f"{'EMA' if loaded.ema else 'raw'} weights), {settings.sampler} {settings.steps} steps on the "
@@ -289,7 +312,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="samples per network batch (default 256; "
                                                                "does not change the samples)")
     p.add_argument("--guidance", type=float, default=0.0,
-                   help="classifier-free guidance scale g: ε̂ = (1+g) ε̂(z, c) − g ε̂(z, ∅) (conditional models)")
+                   help="guidance scale g: classifier-free ε̂ = (1+g) ε̂(z, c) − g ε̂(z, ∅) (conditional models); "
+                        "with --autoguidance x̂ = x̂_bad + (1+g)(x̂ − x̂_bad), i.e. Karras et al.'s w = 1 + g")
+    p.add_argument("--autoguidance", default=None, metavar="RUN_OR_CKPT",
+                   help="guide with this (smaller or earlier) model instead of the unconditional one (autoguidance, "
+                        "Karras et al. 2024); loaded with the same --ema/--device")
+    p.add_argument("--guidance-interval", default=None, metavar="LO,HI",
+                   help="apply guidance only at λ in [LO, HI] (Kynkäänniemi et al. 2024), e.g. "
+                        "--guidance-interval=-1.5,4; default everywhere")
     p.add_argument("--png", action=argparse.BooleanOptionalAction, default=True,
                    help="write one PNG per seed (default); --no-png writes only grid.png and samples.npz")
     p.set_defaults(run=run)
