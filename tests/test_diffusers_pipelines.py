@@ -274,3 +274,37 @@ def test_conditional_export_keeps_the_null_label(tmp_path):
         np.testing.assert_allclose(loaded.model(z, lam).numpy(), got["null"], atol=1e-4)
     assert main(["sample", str(out), "--n", "4", "--steps", "4", "--sampler", "ddim", "--guidance", "1",
                  "--out", str(tmp_path / "s"), "--no-progress"]) == 0
+
+
+def test_foreign_flow_matching_pipeline(tmp_path):
+    """A UNet2DModel with a FlowMatchEulerDiscreteScheduler, saved by diffusers, is read in the ``diffusers-flow``
+    convention. With the output convolution zeroed (velocity û ≡ 0) the flow parameterization gives
+    ε̂ − ε = α(x − ε)/(α + σ), so the diffusion term is ½ ∫ α²/(α + σ)² (‖x‖² + D) dλ over [−15, 15]
+    (scipy quadrature; α² = sigmoid(λ), σ² = sigmoid(−λ))."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from scipy.integrate import quad
+
+    from diffusion_objectives import evaluation, pipelines
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(16,), layers_per_block=1,
+                       down_block_types=("DownBlock2D",), up_block_types=("UpBlock2D",), norm_num_groups=8)
+    torch.nn.init.zeros_(unet.conv_out.weight)
+    torch.nn.init.zeros_(unet.conv_out.bias)
+    DDPMPipeline(unet=unet, scheduler=FlowMatchEulerDiscreteScheduler()).save_pretrained(str(tmp_path / "flow"))
+    assert main(["elbo", str(tmp_path / "flow"), "--data", "digits", "--out", str(tmp_path / "e"), "--n", "48",
+                 "--samples", "16", "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "e" / "elbo.json").read_text())["elbo"]
+    loaded = pipelines.load_diffusers_pipeline(tmp_path / "flow", data="digits")
+    assert loaded.model.adapter.convention == "diffusers-flow"
+    x, _, _ = evaluation.elbo_examples(loaded, "test", 48)  # the examples the command used
+
+    def ratio(lam):
+        a, s = math.sqrt(1 / (1 + math.exp(-lam))), math.sqrt(1 / (1 + math.exp(lam)))
+        return a * a / (a + s) ** 2
+
+    integral = quad(ratio, -15, 15, limit=200)[0]
+    sq = x.double().reshape(x.shape[0], -1).square().sum(1)
+    nats = 0.5 * integral * (sq + 64)
+    expected = float(nats.mean()) / (64 * math.log(2))
+    assert summary["diffusion"] == pytest.approx(expected, abs=5 * summary["se"])
