@@ -27,19 +27,20 @@ noisy inputs agree (diffusers' add_noise vs ours).
 
 from __future__ import annotations
 
-import ast
 import functools
 import importlib.metadata
 import importlib.util
 import math
-import threading
+import sys
 import types
 from pathlib import Path
 
 import _common as C
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from diffusion_objectives import WeightedLoss, data, networks, parameterizations, process, schedules, weightings
+from peer_code import load_kdiffusion  # noqa: E402  (the k-diffusion loader shared with the tests)
 
 GAMMA = 5.0
 SIGMA_DATA = 0.5
@@ -60,53 +61,6 @@ def load_diffusers():
                "pip install -c requirements/constraints.txt 'diffusers==0.42.*'"
     return types.SimpleNamespace(DDPMScheduler=DDPMScheduler, compute_snr=compute_snr,
                                  version=importlib.metadata.version("diffusers"), how="import diffusers")
-
-
-def _extract(path: Path, names: set[str], namespace: dict) -> None:
-    """Execute only the top-level definitions ``names`` of the source file ``path`` in ``namespace``."""
-    tree = ast.parse(path.read_text(), str(path))
-    keep = [n for n in tree.body
-            if (isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name in names)
-            or (isinstance(n, ast.Assign) and any(getattr(t, "id", None) in names for t in n.targets))]
-    missing = names - {getattr(n, "name", None) or n.targets[0].id for n in keep}
-    if missing:
-        raise ImportError(f"{path.name} has no {', '.join(sorted(missing))}")
-    exec(compile(ast.Module(body=keep, type_ignores=[]), str(path), "exec"), namespace)  # noqa: S102
-
-
-def load_kdiffusion():
-    """k-diffusion's ``Denoiser`` and ``rand_log_normal``, or a string saying why they are unavailable.
-
-    ``import k_diffusion`` runs its package ``__init__``, which imports every submodule and with them
-    scikit-image, torchvision, dctorch, einops, torchdiffeq, torchsde, ... (not installed: its declared
-    dependencies pull torchvision and a CUDA torch). If that import fails, the two definitions the loss
-    needs are taken from the installed sources (``layers.py``: ``Denoiser``; ``utils.py``: ``append_dims``
-    and the log-normal sampler) and executed with torch alone: the peer's own code, nothing rewritten."""
-    spec = importlib.util.find_spec("k_diffusion")
-    if spec is None or not spec.submodule_search_locations:
-        return "not installed: k-diffusion (pip install --no-deps k-diffusion)"
-    version = importlib.metadata.version("k-diffusion")
-    try:
-        import k_diffusion
-        return types.SimpleNamespace(Denoiser=k_diffusion.layers.Denoiser,
-                                     rand_log_normal=k_diffusion.utils.rand_log_normal, version=version,
-                                     how="import k_diffusion")
-    except Exception as exc:
-        why = f"{type(exc).__name__}: {exc}"
-    pkg = Path(spec.submodule_search_locations[0])
-    try:
-        utils_ns: dict = {"torch": torch, "math": math, "threading": threading}
-        _extract(pkg / "utils.py", {"append_dims", "stratified_uniform", "stratified_settings",
-                                    "stratified_with_settings", "rand_log_normal"}, utils_ns)
-        layers_ns: dict = {"torch": torch, "nn": torch.nn, "math": math,
-                           "utils": types.SimpleNamespace(**utils_ns)}
-        _extract(pkg / "layers.py", {"Denoiser"}, layers_ns)
-    except (OSError, SyntaxError, ImportError) as exc:
-        return f"not usable: k-diffusion {version}: `import k_diffusion` fails ({why}) and its sources could " \
-               f"not be read ({exc})"
-    return types.SimpleNamespace(Denoiser=layers_ns["Denoiser"], rand_log_normal=utils_ns["rand_log_normal"],
-                                 version=version, how=f"sources of layers.Denoiser and utils.rand_log_normal "
-                                 f"(`import k_diffusion` fails: {why})")
 
 
 # ---- the loss computations ----------------------------------------------------------------------------------

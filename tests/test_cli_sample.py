@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import TINY_TRAIN, TINY_TRAIN_COMMON
 from diffusion_objectives import data
 from diffusion_objectives import evaluation as E
 from diffusion_objectives.cli import main
@@ -26,7 +27,7 @@ def test_help_has_examples(capsys):
     assert info.value.code == 0
     out = capsys.readouterr().out
     for flag in ("--sampler", "--steps", "--grid", "--n", "--seeds", "--batch-size", "--ema", "--no-ema",
-                 "--guidance", "--out", "examples:"):
+                 "--guidance", "--autoguidance", "--guidance-interval", "--out", "examples:"):
         assert flag in out
 
 
@@ -115,3 +116,32 @@ def test_out_must_be_a_directory(runs, tmp_path, capsys):
     f.write_text("")
     assert main(["sample", str(runs / "toy"), "--out", str(f), "--no-progress"]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+def test_autoguidance_and_guidance_interval(runs, tmp_path, capsys):
+    """The files hold ``generate`` with the guiding model; an interval with no grid point is unguided bit for bit."""
+    bad = tmp_path / "bad"  # an earlier, worse toy model: 5 steps instead of 60
+    args = [a if a != "60" else "5" for a in TINY_TRAIN["toy"]]
+    assert main(["train", "--out", str(bad), *args, *TINY_TRAIN_COMMON]) == 0
+    common = [str(runs / "toy"), "--n", "40", "--steps", "6", "--sampler", "dpmpp-2m", "--no-progress"]
+    outs = {}
+    for key, extra in {"plain": [], "ag": ["--autoguidance", str(bad), "--guidance", "1.0"],
+                       "empty": ["--autoguidance", str(bad), "--guidance", "1.0", "--guidance-interval=20,30"],
+                       "part": ["--autoguidance", str(bad), "--guidance", "1.0", "--guidance-interval=-2,4"]}.items():
+        assert main(["sample", *common, "--out", str(tmp_path / key), *extra]) == 0
+        with np.load(tmp_path / key / "samples.npz") as f:
+            outs[key] = f["arr_0"]
+    loaded, guide = load_for_inference(runs / "toy"), load_for_inference(bad)
+    x, _ = E.generate(loaded, range(40), E.SampleSettings("dpmpp-2m", 6, guidance=1.0), guide=guide)
+    np.testing.assert_array_equal(outs["ag"], x.numpy())
+    np.testing.assert_array_equal(outs["empty"], outs["plain"])
+    assert not np.array_equal(outs["ag"], outs["plain"]) and not np.array_equal(outs["part"], outs["ag"])
+    meta = json.loads((tmp_path / "part" / "samples.json").read_text())
+    assert meta["sampling"]["guidance_interval"] == [-2.0, 4.0] and meta["sampling"]["autoguidance"] == str(bad)
+    assert meta["autoguidance"]["step"] == 5
+    # a guiding model of another data shape is a usage error
+    assert main(["sample", *common, "--out", str(tmp_path / "x"), "--autoguidance", str(runs / "digits"),
+                 "--guidance", "1"]) == 2
+    assert "data shape" in capsys.readouterr().err
+    assert main(["sample", *common, "--out", str(tmp_path / "x"), "--guidance-interval=4,1"]) == 2
+    assert "LO <= HI" in capsys.readouterr().err

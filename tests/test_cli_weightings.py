@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from diffusion_objectives import objectives, weightings
+from diffusion_objectives import objectives, schedules, weightings
 from diffusion_objectives.cli import main
 
 
@@ -15,6 +15,16 @@ def test_list_names_everything(capsys):
     for name in weightings.names() + objectives.names():
         assert name in out
     assert "v-cosine        monotone" in out and "eps-cosine      non-monotone" in out
+    for name in schedules.names():
+        assert f"  {name} " in out
+
+
+def test_show_takes_text_parameters(capsys):
+    assert main(["weightings", "show", "debiased:target=v", "--schedule", "laplace:mu=0,b=0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "'target': 'v'" in out and "monotone on [-15, 15]: yes" in out
+    assert main(["weightings", "show", "debiased:target=x"]) == 2
+    assert "target must be one of eps, v" in capsys.readouterr().err
 
 
 def test_show_monotone_and_non_monotone(capsys):

@@ -169,7 +169,7 @@ def test_bad_network_options():
         networks.preset("huge")
     with pytest.raises(ValueError, match="expected z"):
         small_unet()(torch.zeros(2, 3, 8, 8), torch.zeros(2))
-    assert set(networks.names()) == {"mlp", "unet"}
+    assert set(networks.names()) == {"mlp", "unet", "diffusers-unet2d"}
 
 
 # -- presets ------------------------------------------------------------------------------------------

@@ -38,6 +38,15 @@ PUBLISHED = {
     "indi": (lambda l: 1 / 8 / np.cosh(l / 4) ** 2, lambda l: 1.0, lambda l: np.exp(-l)),
     # VDM: ½ E_t[−λ'(t)‖ε̂ − ε‖²] with uniform λ on [−15, 15]: p = 1/30, c = 15
     "elbo": (lambda l: np.full_like(l, 1 / 30), lambda l: 15.0, lambda l: 1.0),
+    # EDM2: ln σ ~ N(−0.4, 1), weight (σ² + σ_d²)/(σσ_d)² on ‖D − x‖² (x target, k = e^{−λ})
+    "edm2": (lambda l: stats.norm.pdf(l, 0.8, 2.0),
+             lambda l: (np.exp(-l) + 0.25) / (np.exp(-l) * 0.25), lambda l: np.exp(-l)),
+    # Hang et al. 2024: unweighted ε-loss, λ ~ Laplace(0, 0.5) / Cauchy(0, 1)
+    "laplace": (lambda l: np.exp(-np.abs(l) / 0.5) / (2 * 0.5), lambda l: 1.0, lambda l: 1.0),
+    "cauchy": (lambda l: 1 / (math.pi * (1 + l**2)), lambda l: 1.0, lambda l: 1.0),
+    # k-diffusion soft-min-snr: c = (σσ_d)²/(σ² + σ_d²)² on F (k_F = 1 + σ²/σ_d²), λ uniform on [−15, 15]
+    "soft-min-snr": (lambda l: np.full_like(l, 1 / 30),
+                     lambda l: np.exp(-l) * 0.25 / (np.exp(-l) + 0.25) ** 2, lambda l: 1 + np.exp(-l) / 0.25),
 }
 
 
@@ -69,8 +78,27 @@ def test_edm_f_target_and_x_target_forms_agree():
     np.testing.assert_allclose(by_f(lam).numpy(), 2 * p(LAM) * c(LAM) * k(LAM), rtol=1e-7)
 
 
+def test_soft_min_snr_preset_is_sigmoid_times_derived_constant():
+    """Identity (a): k-diffusion's soft-min-snr loss with λ uniform on [−15, 15] is KG23's sigmoid weighting
+    with b = −2 ln σ_d = 2 ln 2, times 2 p = 2/30."""
+    lam = torch.tensor(LAM)
+    w = objectives.get("soft-min-snr").weighting(lam)
+    torch.testing.assert_close(w, weightings.get("sigmoid", bias=2 * math.log(2))(lam) / 15, rtol=1e-12, atol=0)
+    torch.testing.assert_close(w, weightings.get("soft-min-snr", sigma_data=0.5)(lam) / 15, rtol=1e-12, atol=0)
+
+
+def test_edm2_preset_is_edm_weighting_with_edm2_constants():
+    lam = torch.tensor(LAM)
+    torch.testing.assert_close(objectives.get("edm2").weighting(lam),
+                               weightings.get("edm", p_mean=-0.4, p_std=1.0, sigma_data=0.5)(lam))
+    sched = objectives.get("edm2").schedule
+    np.testing.assert_allclose(sched.density(lam).numpy(),
+                               stats.truncnorm((-15 - 0.8) / 2, (15 - 0.8) / 2, loc=0.8, scale=2.0).pdf(LAM), rtol=1e-9)
+
+
 MONO = {"elbo": True, "ddpm": False, "iddpm": False, "v-cosine": True, "edm": False, "flow-matching": True,
-        "sd3": False, "min-snr": False, "p2": False, "indi": True, "sigmoid": True, "edm-monotonic": True}
+        "sd3": False, "min-snr": False, "p2": False, "indi": True, "sigmoid": True, "edm-monotonic": True,
+        "edm2": False, "laplace": False, "cauchy": False, "soft-min-snr": True}
 
 
 @pytest.mark.parametrize("name", sorted(MONO))

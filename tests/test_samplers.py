@@ -369,3 +369,108 @@ def test_images_in_float32_with_labels():
         kw = {"generators": samplers.seeded_generators([5, 6])} if name in ("ancestral", "heun") else {}
         x = samplers.get(name)(model, p, noise, samplers.grid_edm(5), labels=labels, guidance=1.5, null_label=0, **kw)
         assert x.shape == (2, 3, 4, 4) and x.dtype == torch.float32 and bool(torch.isfinite(x).all())
+
+
+# -- autoguidance and the guidance interval (issue 13) ----------------------------------------------------------
+
+GOOD = mixtures.GaussianMixture.isotropic([0.3, 0.7], [[-1.0, 0.5], [0.8, -0.2]], 0.2)
+BAD = mixtures.GaussianMixture.isotropic([0.3, 0.7], [[-1.0, 0.5], [0.8, -0.2]], 0.6)  # a wider, "worse" model
+
+
+def _posterior_mean(z, logsnr, weights, means, std):
+    """E[x | z_λ = z] of an isotropic Gaussian mixture, from scratch: z | k ~ N(αμ_k, (α²s² + σ²)I),
+    E[x | z, k] = μ_k + (α s²/v)(z − αμ_k), responsibilities r_k ∝ π_k N(z; αμ_k, v I)."""
+    alpha, sigma = math.sqrt(1 / (1 + math.exp(-logsnr))), math.sqrt(1 / (1 + math.exp(logsnr)))
+    v = alpha**2 * std**2 + sigma**2
+    means = np.asarray(means)
+    d2 = ((z[:, None, :] - alpha * means[None]) ** 2).sum(-1)
+    log_r = np.log(weights)[None] - d2 / (2 * v)
+    r = np.exp(log_r - log_r.max(1, keepdims=True))
+    r /= r.sum(1, keepdims=True)
+    cond = means[None] + (alpha * std**2 / v) * (z[:, None, :] - alpha * means[None])
+    return (r[..., None] * cond).sum(1)
+
+
+def _x_good(z, lam):
+    return _posterior_mean(z, lam, [0.3, 0.7], [[-1.0, 0.5], [0.8, -0.2]], 0.2)
+
+
+def _x_bad(z, lam):
+    return _posterior_mean(z, lam, [0.3, 0.7], [[-1.0, 0.5], [0.8, -0.2]], 0.6)
+
+
+def _guided_run(name, g, interval=None, seen=None, guide_param="x", p="eps"):
+    p = parameterizations.get(p)
+    pb = parameterizations.get(guide_param)
+    guide = samplers.Guide(BAD.denoiser(pb), pb)
+    noise = samplers.seeded_noise(range(6), (2,), dtype=torch.float64)
+    kw = {"generators": samplers.seeded_generators(range(100, 106))} if name == "ancestral" else {}
+    return samplers.get(name)(GOOD.denoiser(p), p, noise, samplers.grid_edm(12), guidance=g, guide=guide,
+                              guidance_interval=interval, callback=None if seen is None else seen.append, **kw)
+
+
+@pytest.mark.parametrize("name", ["ancestral", "ddim", "heun", "dpmpp-2m"])
+@pytest.mark.parametrize("g,p", [(1.0, "eps"), (2.5, "v")])
+def test_autoguidance_is_the_closed_form_guided_denoiser(name, g, p):
+    """x̂ = x̂_bad + w(x̂_good − x̂_bad), w = 1 + g, at every grid point, with both exact mixture denoisers
+    written independently (the guide in its own x-parameterization)."""
+    seen = []
+    _guided_run(name, g, seen=seen, p=p)
+    assert len(seen) == 12
+    for step in seen:
+        z = step.z.numpy()
+        xb, xg = _x_bad(z, step.logsnr), _x_good(z, step.logsnr)
+        np.testing.assert_allclose(step.x_hat.numpy(), xb + (1 + g) * (xg - xb), rtol=1e-8, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["ancestral", "ddim", "heun", "dpmpp-2m"])
+def test_guidance_interval_applies_guidance_exactly_inside(name):
+    lo, hi = -2.0, 4.0
+    seen, guide_logsnrs = [], []
+    pb = parameterizations.X()
+    bad = BAD.denoiser(pb)
+
+    def counting_bad(z, logsnr):
+        guide_logsnrs.extend(float(v) for v in logsnr.unique())
+        return bad(z, logsnr)
+
+    p = parameterizations.Eps()
+    noise = samplers.seeded_noise(range(6), (2,), dtype=torch.float64)
+    kw = {"generators": samplers.seeded_generators(range(100, 106))} if name == "ancestral" else {}
+    samplers.get(name)(GOOD.denoiser(p), p, noise, samplers.grid_edm(12), guidance=2.0,
+                       guide=samplers.Guide(counting_bad, pb), guidance_interval=(lo, hi), callback=seen.append, **kw)
+    inside = {s.index for s in seen if lo <= s.logsnr <= hi}
+    assert 0 < len(inside) < len(seen)
+    for step in seen:
+        z = step.z.numpy()
+        xg = _x_good(z, step.logsnr)
+        expected = _x_bad(z, step.logsnr) + 3.0 * (xg - _x_bad(z, step.logsnr)) if step.index in inside else xg
+        np.testing.assert_allclose(step.x_hat.numpy(), expected, rtol=1e-8, atol=1e-9)
+    assert guide_logsnrs and all(lo <= v <= hi for v in guide_logsnrs)
+
+
+@pytest.mark.parametrize("name", ["ancestral", "ddim", "heun", "dpmpp-2m"])
+def test_empty_guidance_interval_is_unguided_bit_for_bit(name):
+    unguided = _guided_run(name, 0.0)
+    assert torch.equal(_guided_run(name, 2.0, interval=(20.0, 30.0)), unguided)  # the EDM grid ends at λ ≈ 12.4
+    assert not torch.equal(_guided_run(name, 2.0), unguided)
+    assert torch.equal(_guided_run(name, 2.0, interval=(-math.inf, math.inf)), _guided_run(name, 2.0))
+    # classifier-free guidance too
+    p = parameterizations.Eps()
+    cond, labels = _conditional_model(p), torch.tensor([0, 1, 2, 2])
+    noise = samplers.seeded_noise(range(4), (2,), dtype=torch.float64)
+    kw = {"generators": samplers.seeded_generators(range(4))} if name == "ancestral" else {}
+    plain = samplers.get(name)(cond, p, noise, samplers.grid_edm(8), labels=labels, **kw)
+    kw = {"generators": samplers.seeded_generators(range(4))} if name == "ancestral" else {}
+    empty = samplers.get(name)(cond, p, noise, samplers.grid_edm(8), labels=labels, guidance=1.5, null_label=3,
+                               guidance_interval=(-40.0, -30.0), **kw)
+    assert torch.equal(plain, empty)
+
+
+def test_guidance_interval_errors():
+    p = parameterizations.Eps()
+    noise = torch.zeros(2, 2, dtype=torch.float64)
+    guide = samplers.Guide(BAD.denoiser(p), p)
+    with pytest.raises(ValueError, match="lo <= hi"):
+        samplers.ddim(GOOD.denoiser(p), p, noise, samplers.grid_edm(4), guidance=1.0, guide=guide,
+                      guidance_interval=(3.0, 1.0))

@@ -11,6 +11,7 @@ from scipy import optimize, stats
 
 from diffusion_objectives import weightings
 from diffusion_objectives.errors import OptionError
+from diffusion_objectives.theory import augmentation_density
 
 LAM = np.linspace(-15, 15, 301)
 
@@ -45,6 +46,12 @@ CLOSED_FORMS = {
     "p2": lambda l: _sech(l / 2) / (1 + np.exp(l)) / math.pi,
     "indi": lambda l: 0.25 * np.exp(-l) * _sech(l / 4) ** 2,
     "ddpm": _ddpm_closed_form,
+    # v form of Min-SNR (Hang et al. 2023): 2 p_cos · min(SNR, 5)/(SNR + 1) · k_v, k_v = 1 + e^{−λ}
+    "min-snr-v": lambda l: _sech(l / 2) / math.pi * np.minimum(np.exp(l), 5) / (np.exp(l) + 1) * (1 + np.exp(-l)),
+    # debiased estimation (Yu et al. 2024), ε form: 2 p_cos · SNR^{−1/2}
+    "debiased": lambda l: _sech(l / 2) / math.pi * np.exp(-l / 2),
+    # k-diffusion soft-min-snr: c = (σσ_d)²/(σ² + σ_d²)² on F, k_F = (σ² + σ_d²)/σ_d², σ = e^{−λ/2}, σ_d = 0.5
+    "soft-min-snr": lambda l: (np.exp(-l) * 0.25) / (np.exp(-l) + 0.25) ** 2 * (np.exp(-l) + 0.25) / 0.25,
 }
 
 
@@ -62,12 +69,21 @@ def test_parameterised_weightings():
     np.testing.assert_allclose(edm2, 2 * stats.norm.pdf(LAM, 0.8, 2.0) * (np.exp(-LAM) + 0.25) / 0.25, rtol=1e-9)
     sd3 = weightings.get("sd3", m=0.5, s=0.7)(lam).numpy()
     np.testing.assert_allclose(sd3, 2 * stats.norm.pdf(LAM, -1.0, 1.4) * (1 + np.exp(-LAM / 2)) ** 2, rtol=1e-9)
+    debiased_v = weightings.get("debiased", target="v")(lam).numpy()  # c = 1/(SNR + 1) on v, k_v = 1 + e^{−λ}
+    np.testing.assert_allclose(debiased_v, _sech(LAM / 2) / math.pi / (np.exp(LAM) + 1) * (1 + np.exp(-LAM)),
+                               rtol=1e-9)
+    sd = 1.3
+    soft = weightings.get("soft-min-snr", sigma_data=sd)(lam).numpy()
+    sig2 = np.exp(-LAM)
+    np.testing.assert_allclose(soft, sig2 * sd**2 / (sig2 + sd**2) ** 2 * (sig2 + sd**2) / sd**2, rtol=1e-9)
+    min_snr_v = weightings.get("min-snr-v", gamma=2.0)(lam).numpy()
+    np.testing.assert_allclose(min_snr_v, _sech(LAM / 2) / math.pi * np.minimum(1, 2 * np.exp(-LAM)), rtol=1e-9)
     p2 = weightings.get("p2", gamma=0.5, k=2.0)(lam).numpy()
     np.testing.assert_allclose(p2, _sech(LAM / 2) * (2 + np.exp(LAM)) ** -0.5 / math.pi, rtol=1e-9)
 
 
-MONOTONE = ["elbo", "sigmoid", "v-cosine", "flow", "indi", "edm-monotonic"]
-NON_MONOTONE = ["eps-cosine", "edm", "sd3", "min-snr", "p2", "ddpm"]
+MONOTONE = ["elbo", "sigmoid", "v-cosine", "flow", "indi", "edm-monotonic", "debiased", "soft-min-snr"]
+NON_MONOTONE = ["eps-cosine", "edm", "sd3", "min-snr", "p2", "ddpm", "min-snr-v"]
 
 
 @pytest.mark.parametrize("name", MONOTONE)
@@ -132,3 +148,47 @@ def test_errors_name_the_option():
         weightings.get("sigmoid", biass=1.0)
     with pytest.raises(OptionError, match="gamma"):
         weightings.get("min-snr", gamma=-1.0)
+    with pytest.raises(OptionError, match="target must be one of eps, v"):
+        weightings.get("debiased", target="x")
+    with pytest.raises(OptionError, match="sigma_data"):
+        weightings.get("soft-min-snr", sigma_data=0.0)
+
+
+# ---- issue 13: the identities of the new weightings -------------------------------------------------------
+
+@given(sigma_data=st.floats(0.05, 5.0))
+def test_soft_min_snr_is_sigmoid_with_bias_minus_two_log_sigma_data(sigma_data):
+    """k-diffusion's soft-min-snr weight on F times k_F equals sigmoid(−2 ln σ_d − λ), factor exactly 1."""
+    lam = torch.linspace(-15, 15, 61, dtype=torch.float64)
+    soft = weightings.get("soft-min-snr", sigma_data=sigma_data)(lam)
+    sig = weightings.get("sigmoid", bias=-2 * math.log(sigma_data))(lam)
+    torch.testing.assert_close(soft, sig, rtol=1e-12, atol=0)
+    # the same from the D-loss weight 1/(σ² + σ_d²) (k-diffusion) and k_x = e^{−λ} = σ²
+    sigma2 = np.exp(-lam.numpy())
+    np.testing.assert_allclose(soft.numpy(), sigma2 / (sigma2 + sigma_data**2), rtol=1e-12)
+
+
+def test_debiased_eps_is_scaled_sigmoid_and_min_snr_v_equals_min_snr():
+    lam = torch.linspace(-15, 15, 121, dtype=torch.float64)
+    torch.testing.assert_close(weightings.get("debiased")(lam), 2 / math.pi * weightings.get("sigmoid", bias=0.0)(lam))
+    torch.testing.assert_close(weightings.get("min-snr-v", gamma=3.0)(lam), weightings.get("min-snr", gamma=3.0)(lam))
+    assert repr(weightings.get("debiased", target="v")) == "Debiased(target=v, shift=0)"
+
+
+@pytest.mark.parametrize("name,params,minus_dw", [
+    # −d/dλ sigmoid(b − λ) = logistic density at λ with location b, scale 1
+    ("soft-min-snr", {"sigma_data": 0.5}, lambda l: stats.logistic.pdf(l, loc=2 * math.log(2))),
+    ("debiased", {}, lambda l: 2 / math.pi * stats.logistic.pdf(l)),
+    # w = (2/π) e^{−λ/2}/(1 + e^{λ}): −w' = (2/π) e^{−λ/2} (½/(1 + e^{λ}) + e^{λ}/(1 + e^{λ})²)
+    ("debiased", {"target": "v"},
+     lambda l: 2 / math.pi * np.exp(-l / 2) * (0.5 / (1 + np.exp(l)) + np.exp(l) / (1 + np.exp(l)) ** 2)),
+])
+def test_augmentation_density_of_new_monotone_weightings(name, params, minus_dw):
+    """KG23 §4: p_w = −w'/w(λ_min) plus the point mass w(λ_max)/w(λ_min), total mass 1."""
+    w = weightings.get(name, **params)
+    lam = torch.linspace(-15, 15, 3001, dtype=torch.float64)
+    aug = augmentation_density(w, lam, -15.0, 15.0)
+    w_min = float(w(torch.tensor(-15.0, dtype=torch.float64)))
+    np.testing.assert_allclose(aug.density.numpy(), minus_dw(lam.numpy()) / w_min, rtol=1e-8, atol=1e-300)
+    mass = float(torch.trapezoid(aug.density, lam)) + aug.point_mass
+    assert mass == pytest.approx(1.0, abs=1e-5)

@@ -5,7 +5,7 @@ sampled: variance only) and a parameterization (what the network predicts). See 
 FRAMEWORK.md for the mathematics.
 """
 
-from . import objectives, parameterizations, process, samplers, schedules, weightings
+from . import adapters, objectives, parameterizations, process, samplers, schedules, shifts, weightings
 from .adaptive import AdaptiveSchedule
 from .elbo import ElboResult, elbo
 from .errors import OptionError
@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdaptiveSchedule",
+    "adapters",
     "ElboResult",
     "LikelihoodResult",
     "LossOutput",
@@ -33,5 +34,6 @@ __all__ = [
     "process",
     "samplers",
     "schedules",
+    "shifts",
     "weightings",
 ]

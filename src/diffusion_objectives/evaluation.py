@@ -105,12 +105,18 @@ class SampleSettings:
     grid: str | None = None
     guidance: float = 0.0
     ema: bool = True
+    guidance_interval: tuple[float, float] | None = None  # guide only for lo ≤ λ ≤ hi (Kynkäänniemi et al. 2024)
+    autoguidance: str | None = None  # the guiding checkpoint, recorded for provenance
 
     def resolved_grid(self) -> str:
         return self.grid or "edm"
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "grid": self.resolved_grid()}
+        out = {**asdict(self), "grid": self.resolved_grid()}
+        for key in ("guidance_interval", "autoguidance"):  # recorded only when used
+            if out[key] is None:
+                del out[key]
+        return out
 
 
 def _conditional(loaded) -> bool:
@@ -119,21 +125,23 @@ def _conditional(loaded) -> bool:
 
 
 def generate(loaded, seeds: Sequence[int], settings: SampleSettings = SampleSettings(), *,
-             batch_size: int = 256, progress: Callable[[int, int], None] | None = None
+             batch_size: int = 256, progress: Callable[[int, int], None] | None = None, guide=None
              ) -> tuple[Tensor, Tensor | None]:
     """Samples for ``seeds`` from a :class:`~diffusion_objectives.training.LoadedModel`.
 
     Sample i depends only on seed i (its noise and, for stochastic samplers, its own generator), so any
     batch size gives the same samples. A class-conditional model is conditioned on label ``seed mod C``
-    (balanced classes). Returns (samples ``[n, ...]`` float32, clamped to [−1, 1] for image data, and the
-    labels ``[n]`` or ``None``)."""
+    (balanced classes). ``guide``, another loaded model, is the guiding model of autoguidance (used with
+    ``settings.guidance``, :mod:`~diffusion_objectives.samplers`). Returns (samples ``[n, ...]`` float32,
+    clamped to [−1, 1] for image data, and the labels ``[n]`` or ``None``)."""
     sample_fn = samplers.get(settings.sampler)
     grid = sampling_grid(settings.resolved_grid(), settings.steps)
     data_shape = sample_shape(loaded)
     conditional = _conditional(loaded)
     num_classes = int(loaded.model.null_label) if conditional else 0
-    if settings.guidance and not conditional:
-        raise OptionError("--guidance needs a class-conditional model")
+    if settings.guidance and not conditional and guide is None:
+        raise OptionError("--guidance needs a class-conditional model (or --autoguidance)")
+    guiding = _guide(loaded, guide, data_shape, conditional)
     device = next(loaded.model.parameters()).device
     out, out_labels = [], []
     seeds = [int(s) for s in seeds]
@@ -145,6 +153,9 @@ def generate(loaded, seeds: Sequence[int], settings: SampleSettings = SampleSett
         kwargs: dict[str, Any] = {"labels": labels}
         if conditional:
             kwargs.update(guidance=settings.guidance, null_label=num_classes)
+        if guiding is not None:
+            kwargs.update(guidance=settings.guidance, guide=guiding)
+        kwargs["guidance_interval"] = settings.guidance_interval
         if settings.sampler in samplers.STOCHASTIC:
             kwargs["generators"] = gens
         x = sample_fn(loaded.model, loaded.objective.parameterization, noise, grid, **kwargs)
@@ -157,6 +168,18 @@ def generate(loaded, seeds: Sequence[int], settings: SampleSettings = SampleSett
     if is_image(loaded):
         x = x.clamp(-1.0, 1.0)
     return x, (torch.cat(out_labels) if out_labels else None)
+
+
+def _guide(loaded, guide, data_shape: tuple[int, ...], conditional: bool) -> samplers.Guide | None:
+    """The guiding model of ``guide`` (a loaded model or None), checked against the main model."""
+    if guide is None:
+        return None
+    if sample_shape(guide) != data_shape:
+        raise OptionError(f"guide: the guiding model's data shape {sample_shape(guide)} differs from "
+                          f"the model's {data_shape}")
+    if _conditional(guide) != conditional or (conditional and guide.model.null_label != loaded.model.null_label):
+        raise OptionError("guide: the guiding model must be conditioned like the model (same classes)")
+    return samplers.Guide(guide.model, guide.objective.parameterization)
 
 
 def sample_shape(loaded) -> tuple[int, ...]:
@@ -247,8 +270,9 @@ def elbo_summary(loaded, x: Tensor, levels: int | None, *, samples: int = 32, se
         def model(z: Tensor, *a: Any) -> Tensor:
             progress.update(z.shape[0])
             return loaded.model(z, *a)
+    lo, hi = getattr(loaded, "logsnr_range", None) or (None, None)  # a foreign diffusers pipeline: its table
     res = _elbo(model, loaded.objective.parameterization, x, levels, samples=samples, generator=gen,
-                batch_size=batch_size, labels=labels)
+                batch_size=batch_size, labels=labels, logsnr_min=lo, logsnr_max=hi)
     if bar is not None:
         progress.close()
     n = x.shape[0]

@@ -21,9 +21,11 @@ from .loss import WeightedLoss
 from .parameterizations import Parameterization
 from .registry import Registry
 from .schedules import Schedule
+from .translate import from_diffusers, from_edm, from_k_diffusion, from_kohya
 from .weightings import Weighting
 
-__all__ = ["Objective", "PublishedForm", "from_published", "REGISTRY", "get", "names"]
+__all__ = ["Objective", "PublishedForm", "from_published", "REGISTRY", "get", "names",
+           "from_diffusers", "from_k_diffusion", "from_kohya", "from_edm"]
 
 _INF = math.inf
 
@@ -67,14 +69,14 @@ class Objective:
 
 def from_published(density: Schedule, loss_weight: Callable[[Tensor], Tensor] | None,
                    parameterization: Parameterization, schedule: Schedule | None = None,
-                   name: str = "custom") -> Objective:
+                   name: str = "custom", citation: str = "") -> Objective:
     """Convert a published loss E_{t~π}[c ‖ŷ − y‖²] to an :class:`Objective` via w = 2·p_π·c·k.
 
     ``density`` is π as a schedule (endpoints may be infinite where π is normalisable), ``loss_weight``
     c(λ) (compose with ``density.t`` or :func:`~diffusion_objectives.process.sigma_ve` to write it in the
     paper's variable), ``parameterization`` the target y. ``schedule`` is the sampling density used for
-    training (default: π itself truncated to ±15)."""
-    form = PublishedForm(density, loss_weight, parameterization)
+    training (default: π itself truncated to ±15); ``citation`` names the source of the published form."""
+    form = PublishedForm(density, loss_weight, parameterization, citation)
     if schedule is None:
         schedule = density.with_endpoints(max(density.logsnr_min, schedules.LOGSNR_MIN),
                                           min(density.logsnr_max, schedules.LOGSNR_MAX))
@@ -159,6 +161,49 @@ def _p2() -> Objective:
 def _indi() -> Objective:
     form = PublishedForm(schedules.Flow(-_INF, _INF), None, parameterizations.X(), "Delbracio & Milanfar 2023")
     return Objective(weightings.InDI(), schedules.Flow(), parameterizations.X(), "indi", form)
+
+
+@REGISTRY.register("edm2", "EDM2: F-prediction, ln σ ~ N(−0.4, 1), weight (σ² + σ_d²)/(σσ_d)² on ‖D − x‖²")
+def _edm2() -> Objective:
+    # Karras et al. 2024 (EDM2), the loss before its learned uncertainty u(σ): P_mean = −0.4,
+    # P_std = 1.0, σ_data = 0.5, λ(σ) = (σ² + σ_d²)/(σσ_d)² on the denoiser loss ‖D − x‖² (x target).
+    sd2 = 0.25
+    form = PublishedForm(schedules.NormalLogSNR(0.8, 2.0, -_INF, _INF),
+                         lambda lam: (torch.exp(-lam) + sd2) / (torch.exp(-lam) * sd2), parameterizations.X(),
+                         "Karras et al. 2024 (EDM2): λ(σ) = 1/c_out², P_mean = −0.4, P_std = 1")
+    return Objective(weightings.EDM(-0.4, 1.0, 0.5), schedules.get("edm", p_mean=-0.4, p_std=1.0),
+                     parameterizations.EDM(0.5), "edm2", form)
+
+
+def _unweighted_eps(name: str, density: Schedule, citation: str) -> Objective:
+    """E_{λ~π}‖ε̂ − ε‖² with π = ``density`` (untruncated): w = 2π(λ); trained on π truncated to ±15."""
+    form = PublishedForm(density, None, parameterizations.Eps(), citation)
+    schedule = density.with_endpoints(schedules.LOGSNR_MIN, schedules.LOGSNR_MAX)
+    return Objective(form.weighting(), schedule, parameterizations.Eps(), name, form)
+
+
+@REGISTRY.register("laplace", "Hang et al. 2024: unweighted ε-loss, λ ~ Laplace(0, 0.5)")
+def _laplace() -> Objective:
+    return _unweighted_eps("laplace", schedules.Laplace(0.0, 0.5, -_INF, _INF),
+                           "Hang et al. 2024, Improved Noise Schedule for Diffusion Training (Laplace μ = 0, b = 0.5)")
+
+
+@REGISTRY.register("cauchy", "Hang et al. 2024: unweighted ε-loss, λ ~ Cauchy(0, 1)")
+def _cauchy() -> Objective:
+    return _unweighted_eps("cauchy", schedules.Cauchy(0.0, 1.0, -_INF, _INF),
+                           "Hang et al. 2024, Improved Noise Schedule for Diffusion Training (Cauchy μ = 0, γ = 1)")
+
+
+@REGISTRY.register("soft-min-snr", "k-diffusion soft-min-snr (σ_d = 0.5) on F, λ uniform on [−15, 15]: "
+                   "(1/15) sigmoid(2 ln 2 − λ)")
+def _soft_min_snr() -> Objective:
+    # k-diffusion's Denoiser loss with loss_weighting "soft-min-snr": c = (σσ_d)²/(σ² + σ_d²)² on F, with its
+    # log-uniform σ density on [e^{−7.5}, e^{7.5}] (λ uniform on [−15, 15]): w = 2·(1/30)·sigmoid(b − λ).
+    sd2 = 0.25
+    density = schedules.LinearLogSNR(schedules.LOGSNR_MIN, schedules.LOGSNR_MAX)
+    form = PublishedForm(density, lambda lam: torch.exp(-lam) * sd2 / (torch.exp(-lam) + sd2) ** 2,
+                         parameterizations.EDM(0.5), "Crowson et al. 2024 (HDiT); k-diffusion soft-min-snr")
+    return Objective(form.weighting(), density, parameterizations.EDM(0.5), "soft-min-snr", form)
 
 
 @REGISTRY.register("sigmoid", "KG23: sigmoid(2 − λ) weighting, ε-prediction, cosine schedule")

@@ -29,6 +29,7 @@ class Parameterization:
     """Base class. ``out``, ``z``, ``x``, ``eps`` are ``[B, ...]``; ``logsnr`` is ``[B]``."""
 
     name = "parameterization"
+    k_formula = ""  # k(λ) as text
 
     def eps_hat(self, out: Tensor, z: Tensor, logsnr: Tensor) -> Tensor:
         raise NotImplementedError
@@ -58,7 +59,7 @@ class Parameterization:
 
 
 class Eps(Parameterization):
-    name = "eps"
+    name, k_formula = "eps", "1"
 
     def eps_hat(self, out, z, logsnr):
         return out
@@ -74,7 +75,7 @@ class Eps(Parameterization):
 
 
 class X(Parameterization):
-    name = "x"
+    name, k_formula = "x", "e^{−λ}"
 
     def eps_hat(self, out, z, logsnr):
         alpha, sigma = (expand_like(v, z) for v in alpha_sigma(logsnr))
@@ -97,7 +98,7 @@ class X(Parameterization):
 class V(Parameterization):
     """v = α ε − σ x (Salimans & Ho 2022); ε = σ z + α v, x = α z − σ v."""
 
-    name = "v"
+    name, k_formula = "v", "1 + e^{−λ}"
 
     def eps_hat(self, out, z, logsnr):
         alpha, sigma = (expand_like(v, z) for v in alpha_sigma(logsnr))
@@ -122,7 +123,7 @@ class V(Parameterization):
 class Flow(Parameterization):
     """Rectified-flow velocity u = ε − x; ε̂ = (z + α û)/(α + σ), x̂ = (z − σ û)/(α + σ)."""
 
-    name = "flow"
+    name, k_formula = "flow", "(1 + e^{−λ/2})²"
 
     def eps_hat(self, out, z, logsnr):
         alpha, sigma = (expand_like(v, z) for v in alpha_sigma(logsnr))
@@ -149,7 +150,7 @@ class EDM(Parameterization):
 
     ε̂ = (z − α D)/σ_VP simplifies to σ x̃/(σ²+σ_d²) − σ_d F/√(σ²+σ_d²), finite at both ends."""
 
-    name = "edm"
+    name, k_formula = "edm", "1 + e^{−λ}/σ_d²"
 
     def __init__(self, sigma_data: float = 0.5):
         if not sigma_data > 0:
@@ -193,7 +194,7 @@ class EDM(Parameterization):
 class Score(Parameterization):
     """The score of the noisy marginal, s = −ε̂/σ."""
 
-    name = "score"
+    name, k_formula = "score", "1 + e^{λ}"
 
     def eps_hat(self, out, z, logsnr):
         _, sigma = alpha_sigma(logsnr)

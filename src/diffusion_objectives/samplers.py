@@ -7,8 +7,16 @@ denoised x̂ at the last grid point (EDM's final step to σ = 0). With the grids
 sampler or DPM-Solver++(2M) makes N network evaluations, Heun 2N − 1 (EDM22's count).
 
 Stochastic draws come from one ``torch.Generator`` per sample, so sample i depends only on its own
-generator (and noise), never on the batch it is in. Classifier-free guidance (Ho & Salimans 2022):
-ε̂ = (1 + g) ε̂(z, c) − g ε̂(z, ∅); x̂ is combined the same way (it is affine in ε̂ at fixed z).
+generator (and noise), never on the batch it is in. Guidance with scale g (x̂ is affine in ε̂ at fixed z,
+so guiding x̂ is guiding ε̂):
+
+- classifier-free (Ho & Salimans 2022): x̂ = (1 + g) x̂(z, c) − g x̂(z, ∅);
+- autoguidance (Karras et al. 2024, "Guiding a Diffusion Model with a Bad Version of Itself", Eq. 2):
+  x̂ = x̂_bad + w (x̂ − x̂_bad) with w = 1 + g, the guiding model a smaller or earlier one (:class:`Guide`),
+  conditioned on the same labels; it replaces the unconditional model of classifier-free guidance;
+- a guidance interval (Kynkäänniemi et al. 2024, "Applying Guidance in a Limited Interval Improves Sample
+  and Distribution Quality"): guidance only where lo ≤ λ ≤ hi of the network evaluation; elsewhere the
+  plain x̂(z, c), with one network call, exactly as without guidance.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from .schedules import Schedule
 
 __all__ = [
     "Step",
+    "Guide",
     "ancestral",
     "ddim",
     "heun",
@@ -127,19 +136,56 @@ def _randn_like(z: Tensor, generators: Sequence[torch.Generator] | None) -> Tens
 
 # -- the denoiser with guidance -----------------------------------------------------------------------------
 
-def _denoise(model: Model, parameterization: Parameterization, z: Tensor, logsnr: float,
-             labels: Tensor | None, guidance: float, null_label: NullLabel) -> Tensor:
-    """x̂ at (z, λ), with classifier-free guidance when ``guidance`` ≠ 0 (one network call on 2B rows)."""
+@dataclass(frozen=True)
+class Guide:
+    """The guiding model of autoguidance: ``model(z, logsnr[, labels])`` and its parameterization."""
+
+    model: Model
+    parameterization: Parameterization
+
+
+@dataclass(frozen=True)
+class _Guidance:
+    labels: Tensor | None
+    scale: float
+    null_label: NullLabel
+    guide: Guide | None
+    interval: tuple[float, float]
+
+    def active(self, logsnr: float) -> bool:
+        return self.scale != 0.0 and self.interval[0] <= logsnr <= self.interval[1]
+
+
+def _guidance(labels: Tensor | None, guidance: float, null_label: NullLabel, guide: Guide | None,
+              guidance_interval: tuple[float, float] | None) -> _Guidance:
+    """Validate the guidance arguments of a sampler."""
+    lo, hi = (-math.inf, math.inf) if guidance_interval is None else (float(v) for v in guidance_interval)
+    if math.isnan(lo) or math.isnan(hi) or lo > hi:
+        raise ValueError(f"guidance_interval must be (lo, hi) with lo <= hi, got {guidance_interval}")
+    if guidance != 0.0 and guide is None and (labels is None or null_label is None):
+        raise ValueError("classifier-free guidance needs labels and a null_label (or pass a guide model)")
+    return _Guidance(labels, float(guidance), null_label, guide, (lo, hi))
+
+
+def _x_hat(model: Model, parameterization: Parameterization, z: Tensor, lam: Tensor,
+           labels: Tensor | None) -> Tensor:
+    return parameterization.x_hat(model(z, lam) if labels is None else model(z, lam, labels), z, lam)
+
+
+def _denoise(model: Model, parameterization: Parameterization, z: Tensor, logsnr: float, cond: _Guidance) -> Tensor:
+    """x̂ at (z, λ), guided when ``cond`` is active at λ (module docstring)."""
     lam = torch.full((z.shape[0],), float(logsnr), dtype=z.dtype, device=z.device)
+    g, labels = cond.scale, cond.labels
     with torch.no_grad():
-        if guidance == 0.0:
-            return parameterization.x_hat(model(z, lam) if labels is None else model(z, lam, labels), z, lam)
-        if labels is None or null_label is None:
-            raise ValueError("classifier-free guidance needs labels and a null_label")
-        null = torch.as_tensor(null_label, dtype=labels.dtype, device=labels.device).expand_as(labels)
+        if not cond.active(logsnr):
+            return _x_hat(model, parameterization, z, lam, labels)
+        if cond.guide is not None:
+            x_bad = _x_hat(cond.guide.model, cond.guide.parameterization, z, lam, labels)
+            return (1 + g) * _x_hat(model, parameterization, z, lam, labels) - g * x_bad
+        null = torch.as_tensor(cond.null_label, dtype=labels.dtype, device=labels.device).expand_as(labels)
         z2, lam2 = torch.cat([z, z]), torch.cat([lam, lam])
-        x_c, x_u = parameterization.x_hat(model(z2, lam2, torch.cat([labels, null])), z2, lam2).chunk(2)
-        return (1 + guidance) * x_c - guidance * x_u  # = x̂ of the guided ε̂ (affine at fixed z)
+        x_c, x_u = _x_hat(model, parameterization, z2, lam2, torch.cat([labels, null])).chunk(2)
+        return (1 + g) * x_c - g * x_u  # one network call on 2B rows
 
 
 def _grid(logsnrs: Tensor | Sequence[float]) -> list[float]:
@@ -158,16 +204,18 @@ def _ab(logsnr: float) -> tuple[float, float]:
 
 def ancestral(model: Model, parameterization: Parameterization, noise: Tensor, logsnrs: Tensor | Sequence[float], *,
               generators: Sequence[torch.Generator] | None = None, labels: Tensor | None = None,
-              guidance: float = 0.0, null_label: NullLabel = None, callback: Callback = None) -> Tensor:
+              guidance: float = 0.0, null_label: NullLabel = None, guide: Guide | None = None,
+              guidance_interval: tuple[float, float] | None = None, callback: Callback = None) -> Tensor:
     r"""Ancestral sampling (DDPM; VDM21's sampler, in λ): from λ_t to λ_s > λ_t, with c = −expm1(λ_t − λ_s),
 
         z_s = (α_s/α_t)(z_t − σ_t c ε̂) + σ_s √c · n = α_s c x̂ + (α_s/α_t)(1 − c) z_t + σ_s √c · n,
 
     the exact posterior q(z_s | z_t, x = x̂); n ~ N(0, I) from each sample's generator."""
     lam = _grid(logsnrs)
+    cond = _guidance(labels, guidance, null_label, guide, guidance_interval)
     z = _ab(lam[0])[1] * noise
     for i, (lt, ls) in enumerate(zip(lam, lam[1:] + [None], strict=True)):
-        x_hat = _denoise(model, parameterization, z, lt, labels, guidance, null_label)
+        x_hat = _denoise(model, parameterization, z, lt, cond)
         _report(callback, i, len(lam), lt, z, x_hat)
         if ls is None:
             z = x_hat
@@ -180,13 +228,15 @@ def ancestral(model: Model, parameterization: Parameterization, noise: Tensor, l
 
 def ddim(model: Model, parameterization: Parameterization, noise: Tensor, logsnrs: Tensor | Sequence[float], *,
          labels: Tensor | None = None, guidance: float = 0.0, null_label: NullLabel = None,
+         guide: Guide | None = None, guidance_interval: tuple[float, float] | None = None,
          callback: Callback = None) -> Tensor:
     r"""DDIM (Song et al. 2021, η = 0): z_s = α_s x̂ + σ_s ε̂, written as
     z_s = (σ_s/σ_t) z_t − α_s expm1(−h) x̂ with h = (λ_s − λ_t)/2 (deterministic; first-order DPM-Solver++)."""
     lam = _grid(logsnrs)
+    cond = _guidance(labels, guidance, null_label, guide, guidance_interval)
     z = _ab(lam[0])[1] * noise
     for i, (lt, ls) in enumerate(zip(lam, lam[1:] + [None], strict=True)):
-        x_hat = _denoise(model, parameterization, z, lt, labels, guidance, null_label)
+        x_hat = _denoise(model, parameterization, z, lt, cond)
         _report(callback, i, len(lam), lt, z, x_hat)
         if ls is None:
             z = x_hat
@@ -198,16 +248,18 @@ def ddim(model: Model, parameterization: Parameterization, noise: Tensor, logsnr
 
 def dpmpp_2m(model: Model, parameterization: Parameterization, noise: Tensor, logsnrs: Tensor | Sequence[float], *,
              labels: Tensor | None = None, guidance: float = 0.0, null_label: NullLabel = None,
+             guide: Guide | None = None, guidance_interval: tuple[float, float] | None = None,
              callback: Callback = None) -> Tensor:
     r"""DPM-Solver++(2M) (Lu et al. 2022, Alg. 2) in the half-log-SNR λ/2: with h_i = (λ_i − λ_{i−1})/2,
     r = h_{i−1}/h_i and D = (1 + 1/(2r)) x̂_{i−1} − x̂_{i−2}/(2r) (D = x̂_{i−1} on the first step),
 
         z_i = (σ_i/σ_{i−1}) z_{i−1} − α_i expm1(−h_i) D."""
     lam = _grid(logsnrs)
+    cond = _guidance(labels, guidance, null_label, guide, guidance_interval)
     z = _ab(lam[0])[1] * noise
     x_prev = None
     for i, lt in enumerate(lam):
-        x_hat = _denoise(model, parameterization, z, lt, labels, guidance, null_label)
+        x_hat = _denoise(model, parameterization, z, lt, cond)
         _report(callback, i, len(lam), lt, z, x_hat)
         if i + 1 == len(lam):
             z = x_hat
@@ -227,7 +279,8 @@ def dpmpp_2m(model: Model, parameterization: Parameterization, noise: Tensor, lo
 
 def heun(model: Model, parameterization: Parameterization, noise: Tensor, logsnrs: Tensor | Sequence[float], *,
          generators: Sequence[torch.Generator] | None = None, labels: Tensor | None = None,
-         guidance: float = 0.0, null_label: NullLabel = None, callback: Callback = None,
+         guidance: float = 0.0, null_label: NullLabel = None, guide: Guide | None = None,
+         guidance_interval: tuple[float, float] | None = None, callback: Callback = None,
          s_churn: float = 0.0, s_min: float = 0.0, s_max: float = math.inf, s_noise: float = 1.0) -> Tensor:
     r"""EDM22 Algorithm 2 in x̃ = z/α with σ = σ_VE = e^{−λ/2}: the ODE dx̃/dσ = (x̃ − D(x̃; σ))/σ (= ε̂)
     by Heun's method between grid points and an Euler step to σ = 0 from the last (which returns D).
@@ -235,13 +288,14 @@ def heun(model: Model, parameterization: Parameterization, noise: Tensor, logsnr
     Churn: at σ_i ∈ [s_min, s_max], γ = min(s_churn/N, √2 − 1) and x̃ gains noise of std
     √(σ̂² − σ_i²)·s_noise, σ̂ = (1 + γ)σ_i, before the step from σ̂; s_churn = 0 (default) is deterministic."""
     lam = _grid(logsnrs)
+    cond = _guidance(labels, guidance, null_label, guide, guidance_interval)
     n = len(lam)
     sig = [math.exp(-0.5 * v) for v in lam]
 
     def denoise(x_tilde: Tensor, sigma: float) -> Tensor:
         logsnr = -2.0 * math.log(sigma)
         alpha = _ab(logsnr)[0]
-        return _denoise(model, parameterization, alpha * x_tilde, logsnr, labels, guidance, null_label)
+        return _denoise(model, parameterization, alpha * x_tilde, logsnr, cond)
 
     x = sig[0] * noise
     for i in range(n):
@@ -287,14 +341,15 @@ EDM_STOCHASTIC = EDMStochastic(steps=256, s_churn=40.0, s_min=0.05, s_max=50.0, 
 def edm_stochastic(model: Model, parameterization: Parameterization, noise: Tensor,
                    logsnrs: Tensor | Sequence[float], *, generators: Sequence[torch.Generator] | None = None,
                    labels: Tensor | None = None, guidance: float = 0.0, null_label: NullLabel = None,
+                   guide: Guide | None = None, guidance_interval: tuple[float, float] | None = None,
                    callback: Callback = None) -> Tensor:
     """:func:`heun` with the churn of :data:`EDM_STOCHASTIC` (S_churn 40, S_min 0.05, S_max 50, S_noise 1.003).
     With EDM22's published numbers it is used on ``grid_edm(EDM_STOCHASTIC.steps)`` (256 points, 511
     evaluations); γ = min(S_churn/N, √2 − 1) takes N from the grid given."""
     e = EDM_STOCHASTIC
     return heun(model, parameterization, noise, logsnrs, generators=generators, labels=labels, guidance=guidance,
-                null_label=null_label, callback=callback, s_churn=e.s_churn, s_min=e.s_min, s_max=e.s_max,
-                s_noise=e.s_noise)
+                null_label=null_label, guide=guide, guidance_interval=guidance_interval, callback=callback,
+                s_churn=e.s_churn, s_min=e.s_min, s_max=e.s_max, s_noise=e.s_noise)
 
 
 def _report(callback, index: int, total: int, logsnr: float, z: Tensor, x_hat: Tensor) -> None:

@@ -33,6 +33,12 @@ __all__ = [
     "NormalLogSNR",
     "Flow",
     "DDPMLinear",
+    "Laplace",
+    "Cauchy",
+    "LogLogistic",
+    "SplitLogNormal",
+    "SD3Mode",
+    "InterpolatedCosine",
     "REGISTRY",
     "get",
     "names",
@@ -167,43 +173,214 @@ class LinearLogSNR(Schedule):
         return -g
 
 
-class NormalLogSNR(Schedule):
-    r"""λ ~ N(mean, std²) truncated to the endpoints; :math:`g(\lambda) = \Phi((\text{mean} - \lambda)/\text{std})`.
+class _TailAccurate(Schedule):
+    r"""A schedule given by a distribution of λ with CDF F, survival S = 1 − F and density f.
+
+    The base map is g = S in the upper tail and g = −F in the lower one (both decreasing; only differences
+    of g enter t), chosen by which of F, S is smaller at the interval's midpoint, so that t and λ(t) keep
+    full precision far out in a tail. Subclasses give ``_cdf``, ``_sf``, ``_pdf`` and the inverses
+    ``_ppf`` (of F) and ``_isf`` (of S), each accurate where its value is small."""
+
+    def __init__(self, logsnr_min: float, logsnr_max: float, shift: float):
+        lo, hi = float(logsnr_min) - float(shift), float(logsnr_max) - float(shift)
+        mid = torch.tensor(0.0 if not (math.isfinite(lo) and math.isfinite(hi)) else 0.5 * (lo + hi),
+                           dtype=torch.float64)
+        self._upper = bool(self._cdf(mid) >= self._sf(mid))
+        super().__init__(logsnr_min, logsnr_max, shift)
+
+    def _g(self, logsnr):
+        return self._sf(logsnr) if self._upper else -self._cdf(logsnr)
+
+    def _dg(self, logsnr):
+        return -self._pdf(logsnr)
+
+    def _g_inv(self, g):
+        return self._isf(g) if self._upper else self._ppf(-g)
+
+
+class _Symmetric(_TailAccurate):
+    """λ = loc + scale·U with U symmetric about 0, given by its standardised ``_std_cdf``, ``_std_pdf``
+    and ``_std_ppf`` (the inverse CDF, accurate for small arguments)."""
+
+    def __init__(self, loc: float, scale: float, logsnr_min: float, logsnr_max: float, shift: float,
+                 scale_name: str = "scale"):
+        if not scale > 0:
+            raise ValueError(f"{scale_name} must be positive, got {scale}")
+        self.loc, self.scale = float(loc), float(scale)
+        super().__init__(logsnr_min, logsnr_max, shift)
+
+    def _cdf(self, logsnr):
+        return self._std_cdf((logsnr - self.loc) / self.scale)
+
+    def _sf(self, logsnr):
+        return self._std_cdf((self.loc - logsnr) / self.scale)
+
+    def _pdf(self, logsnr):
+        return self._std_pdf((logsnr - self.loc) / self.scale) / self.scale
+
+    def _ppf(self, q):
+        return self.loc + self.scale * self._std_ppf(q)
+
+    def _isf(self, q):
+        return self.loc - self.scale * self._std_ppf(q)
+
+
+def _std_normal_pdf(u: Tensor) -> Tensor:
+    return torch.exp(-0.5 * u * u) / math.sqrt(2 * math.pi)
+
+
+def _std_normal_ppf(q: Tensor) -> Tensor:
+    return torch.special.ndtri(q.clamp(1e-300, 1.0))
+
+
+class NormalLogSNR(_Symmetric):
+    r"""λ ~ N(mean, std²) truncated to the endpoints.
 
     EDM's log-normal σ (ln σ_VE ~ N(P_mean, P_std²)) is mean = −2 P_mean, std = 2 P_std; SD3's
     logit-normal t (logit t_RF ~ N(m, s²)) is mean = −2m, std = 2s (FRAMEWORK §4, derived)."""
 
     name = "normal-logsnr"
+    _std_cdf, _std_pdf, _std_ppf = staticmethod(_ndtr), staticmethod(_std_normal_pdf), staticmethod(_std_normal_ppf)
 
     def __init__(self, mean: float, std: float, logsnr_min: float = LOGSNR_MIN,
                  logsnr_max: float = LOGSNR_MAX, shift: float = 0.0):
-        if not std > 0:
-            raise ValueError(f"std must be positive, got {std}")
         self.mean, self.std = float(mean), float(std)
-        # Work with whichever Gaussian tail is small on the interval, so that t and λ(t) keep full
-        # precision even far out in a tail: g = Φ((mean − λ)/std) above the mean, g = −Φ((λ − mean)/std)
-        # below it (both decreasing; only differences of g enter t).
-        lo, hi = float(logsnr_min) - float(shift), float(logsnr_max) - float(shift)
-        mid = 0.0 if not (math.isfinite(lo) and math.isfinite(hi)) else 0.5 * (lo + hi)
-        self._upper = mid >= self.mean
-        super().__init__(logsnr_min, logsnr_max, shift)
-
-    def _g(self, logsnr):
-        if self._upper:
-            return _ndtr((self.mean - logsnr) / self.std)
-        return -_ndtr((logsnr - self.mean) / self.std)
-
-    def _dg(self, logsnr):
-        u = (logsnr - self.mean) / self.std
-        return -torch.exp(-0.5 * u * u) / (self.std * math.sqrt(2 * math.pi))
-
-    def _g_inv(self, g):
-        if self._upper:
-            return self.mean - self.std * torch.special.ndtri(g.clamp(1e-300, 1.0))
-        return self.mean + self.std * torch.special.ndtri((-g).clamp(1e-300, 1.0))
+        super().__init__(mean, std, logsnr_min, logsnr_max, shift, "std")
 
     def params(self):
         return {"mean": self.mean, "std": self.std, **super().params()}
+
+
+class Laplace(_Symmetric):
+    r"""λ ~ Laplace(μ, b): :math:`p(\lambda) = e^{-|\lambda-\mu|/b}/(2b)` (Hang et al. 2024, "Improved
+    Noise Schedule for Diffusion Training", §2), inverse CDF :math:`\mu - b\,\mathrm{sgn}(q - \tfrac12)
+    \ln(1 - 2|q - \tfrac12|)`."""
+
+    name = "laplace"
+
+    def __init__(self, mu: float = 0.0, b: float = 0.5, logsnr_min: float = LOGSNR_MIN,
+                 logsnr_max: float = LOGSNR_MAX, shift: float = 0.0):
+        super().__init__(mu, b, logsnr_min, logsnr_max, shift, "b")
+
+    @staticmethod
+    def _std_cdf(u):
+        return torch.where(u < 0, 0.5 * torch.exp(u.clamp(max=0.0)), 1.0 - 0.5 * torch.exp(-u.clamp(min=0.0)))
+
+    @staticmethod
+    def _std_pdf(u):
+        return 0.5 * torch.exp(-u.abs())
+
+    @staticmethod
+    def _std_ppf(q):
+        return torch.where(q < 0.5, torch.log(2 * q.clamp(1e-300, 0.5)), -torch.log(2 * (1 - q).clamp(1e-300, 0.5)))
+
+    def params(self):
+        return {"mu": self.loc, "b": self.scale, **super().params()}
+
+
+class Cauchy(_Symmetric):
+    r"""λ ~ Cauchy(μ, γ): :math:`p(\lambda) = \gamma / (\pi(\gamma^2 + (\lambda-\mu)^2))` (Hang et al. 2024,
+    §2); CDF written as atan2(1, −u)/π and inverse CDF as −cot(πq), both exact in the tails."""
+
+    name = "cauchy"
+
+    def __init__(self, mu: float = 0.0, gamma: float = 1.0, logsnr_min: float = LOGSNR_MIN,
+                 logsnr_max: float = LOGSNR_MAX, shift: float = 0.0):
+        super().__init__(mu, gamma, logsnr_min, logsnr_max, shift, "gamma")
+
+    @staticmethod
+    def _std_cdf(u):
+        return torch.atan2(torch.ones_like(u), -u) / math.pi
+
+    @staticmethod
+    def _std_pdf(u):
+        return 1.0 / (math.pi * (1.0 + u * u))
+
+    @staticmethod
+    def _std_ppf(q):
+        return -1.0 / torch.tan(math.pi * q)
+
+    def params(self):
+        return {"mu": self.loc, "gamma": self.scale, **super().params()}
+
+
+class LogLogistic(_Symmetric):
+    r"""k-diffusion's log-logistic σ: ln σ = loc + scale·logit(u), u ~ U(0, 1) (``rand_log_logistic``),
+    i.e. ln σ ~ Logistic(loc, scale) ⇔ λ = −2 ln σ ~ Logistic(−2 loc, 2 scale):
+    :math:`p(\lambda) = \mathrm{sigmoid}(v)\,\mathrm{sigmoid}(-v)/(2\,\mathrm{scale})`, v = (λ + 2 loc)/(2 scale)."""
+
+    name = "log-logistic"
+
+    def __init__(self, loc: float = 0.0, scale: float = 1.0, logsnr_min: float = LOGSNR_MIN,
+                 logsnr_max: float = LOGSNR_MAX, shift: float = 0.0):
+        self.loc_sigma, self.scale_sigma = float(loc), float(scale)
+        super().__init__(-2.0 * loc, 2.0 * scale, logsnr_min, logsnr_max, shift, "scale")
+
+    @staticmethod
+    def _std_cdf(u):
+        return torch.sigmoid(u)
+
+    @staticmethod
+    def _std_pdf(u):
+        return torch.sigmoid(u) * torch.sigmoid(-u)
+
+    @staticmethod
+    def _std_ppf(q):
+        return torch.logit(q)
+
+    def params(self):
+        return {"loc": self.loc_sigma, "scale": self.scale_sigma, **super().params()}
+
+
+class SplitLogNormal(_TailAccurate):
+    r"""k-diffusion's split log-normal σ (``rand_split_log_normal``): ln σ = loc − scale_1|n| with probability
+    scale_1/(scale_1 + scale_2), else loc + scale_2|n|, n ~ N(0, 1). In λ = −2 ln σ, with m = −2 loc,
+    a = 2 scale_1 (the side λ > m) and c = 2 scale_2 (the side λ < m):
+
+    .. math::  p(\lambda) = \frac{2}{a + c}\,\varphi\Big(\frac{\lambda - m}{a}\Big) \ (\lambda \ge m),\qquad
+               \frac{2}{a + c}\,\varphi\Big(\frac{\lambda - m}{c}\Big) \ (\lambda < m),
+
+    continuous at m, with mass a/(a + c) above m."""
+
+    name = "split-log-normal"
+
+    def __init__(self, loc: float = 0.0, scale_1: float = 1.0, scale_2: float = 1.0,
+                 logsnr_min: float = LOGSNR_MIN, logsnr_max: float = LOGSNR_MAX, shift: float = 0.0):
+        if not (scale_1 > 0 and scale_2 > 0):
+            raise ValueError(f"scale_1 and scale_2 must be positive, got {scale_1} and {scale_2}")
+        self.loc, self.scale_1, self.scale_2 = float(loc), float(scale_1), float(scale_2)
+        self._m, self._a, self._c = -2.0 * self.loc, 2.0 * self.scale_1, 2.0 * self.scale_2
+        self._mass_up = self._a / (self._a + self._c)  # P(λ > m)
+        super().__init__(logsnr_min, logsnr_max, shift)
+
+    def _cdf(self, logsnr):
+        d = logsnr - self._m
+        below = 2 * (1 - self._mass_up) * _ndtr(d.clamp(max=0.0) / self._c)
+        return torch.where(d < 0, below, 1.0 - 2 * self._mass_up * _ndtr(-d.clamp(min=0.0) / self._a))
+
+    def _sf(self, logsnr):
+        d = logsnr - self._m
+        above = 2 * self._mass_up * _ndtr(-d.clamp(min=0.0) / self._a)
+        return torch.where(d >= 0, above, 1.0 - 2 * (1 - self._mass_up) * _ndtr(d.clamp(max=0.0) / self._c))
+
+    def _pdf(self, logsnr):
+        d = logsnr - self._m
+        return 2.0 / (self._a + self._c) * _std_normal_pdf(torch.where(d >= 0, d / self._a, d / self._c))
+
+    def _ppf(self, q):
+        low = 1 - self._mass_up
+        below = self._m + self._c * _std_normal_ppf((q / (2 * low)).clamp(max=0.5))
+        above = self._m - self._a * _std_normal_ppf(((1 - q) / (2 * self._mass_up)).clamp(max=0.5))
+        return torch.where(q < low, below, above)
+
+    def _isf(self, q):
+        low = 1 - self._mass_up
+        above = self._m - self._a * _std_normal_ppf((q / (2 * self._mass_up)).clamp(max=0.5))
+        below = self._m + self._c * _std_normal_ppf(((1 - q) / (2 * low)).clamp(max=0.5))
+        return torch.where(q < self._mass_up, above, below)
+
+    def params(self):
+        return {"loc": self.loc, "scale_1": self.scale_1, "scale_2": self.scale_2, **super().params()}
 
 
 class Flow(Schedule):
@@ -250,6 +427,116 @@ class DDPMLinear(Schedule):
         return -math.log(math.expm1(cls.B0 + cls.B1))
 
 
+def _bisect_increasing(f, target: Tensor, lo: float, hi: float, iterations: int = 64) -> Tensor:
+    """x in [lo, hi] with f(x) = target for an increasing ``f`` (elementwise bisection, no autograd)."""
+    with torch.no_grad():
+        a = torch.full_like(target, lo)
+        b = torch.full_like(target, hi)
+        for _ in range(iterations):
+            mid = 0.5 * (a + b)
+            below = f(mid) < target
+            a, b = torch.where(below, mid, a), torch.where(below, b, mid)
+    return 0.5 * (a + b)
+
+
+class SD3Mode(Schedule):
+    r"""SD3's "mode" timestep sampler (Esser et al. 2024, §3.1): :math:`t_{RF} = f(u) = 1 - u -
+    s(\cos^2(\pi u/2) - 1 + u)`, u ~ U(0, 1), on the rectified-flow path λ = 2 ln((1 − t_RF)/t_RF).
+
+    Writing F(x) = (1 + s)x − s sin²(πx/2), f(u) = F(1 − u) and 1 − f(u) = F(u) (f is antisymmetric about
+    ½). F' = (1 + s) − (sπ/2) sin(πx) > 0 on [0, 1], i.e. f is a strictly monotone map, iff
+    **−1 < s < 2/(π − 2) ≈ 1.7519**. F has no closed-form inverse (x − c·sin² is Kepler-like), so u(λ) is
+    found by bisection. With y = sigmoid(−|λ|/2) and x = F^{-1}(y) ∈ [0, ½]: u = 1 − x for λ ≥ 0, u = x for
+    λ < 0, and the density (derived: p(λ) = p_u(u)·|du/dt_RF|·|dt_RF/dλ|, p_u = 1) is
+
+    .. math::  p(\lambda) = \frac{y(1-y)/2}{(1 + s) - \tfrac{s\pi}{2}\sin(\pi x)}
+                          = \frac{t_{RF}(1 - t_{RF})/2}{(1 + s) - \tfrac{s\pi}{2}\sin(\pi u)}.
+
+    The base map is g = −u (u increases with λ); λ(g) = 2(ln F(u) − ln F(1 − u)) in closed form."""
+
+    name = "sd3-mode"
+    MAX_SCALE = 2.0 / (math.pi - 2.0)
+
+    def __init__(self, scale: float = 1.29, logsnr_min: float = LOGSNR_MIN, logsnr_max: float = LOGSNR_MAX,
+                 shift: float = 0.0):
+        if not -1.0 < scale < self.MAX_SCALE:
+            raise ValueError(f"scale must lie in (-1, 2/(pi - 2) = {self.MAX_SCALE:.6f}) for a monotone "
+                             f"sampler, got {scale}")
+        self.scale = float(scale)
+        super().__init__(logsnr_min, logsnr_max, shift)
+
+    def _f(self, x: Tensor) -> Tensor:
+        return (1 + self.scale) * x - self.scale * torch.sin(0.5 * math.pi * x) ** 2
+
+    def _df(self, x: Tensor) -> Tensor:
+        return (1 + self.scale) - 0.5 * math.pi * self.scale * torch.sin(math.pi * x)
+
+    def _f_inv_half(self, y: Tensor) -> Tensor:
+        """F^{-1}(y) for y ∈ [0, ½]; one Newton step with autograd gives dx/dy = 1/F'(x)."""
+        x = _bisect_increasing(self._f, y.detach(), 0.0, 0.5)
+        return x - (self._f(x) - y) / self._df(x)
+
+    def _g(self, logsnr):
+        x = self._f_inv_half(torch.sigmoid(-0.5 * logsnr.abs()))
+        return torch.where(logsnr >= 0, x - 1.0, -x)
+
+    def _dg(self, logsnr):
+        y = torch.sigmoid(-0.5 * logsnr.abs())
+        return -0.5 * y * (1 - y) / self._df(self._f_inv_half(y))
+
+    def _g_inv(self, g):
+        u = (-g).clamp(0.0, 1.0)
+        return 2.0 * (torch.log(self._f(u)) - torch.log(self._f(1.0 + g.clamp(-1.0, 0.0))))
+
+    def params(self):
+        return {"scale": self.scale, **super().params()}
+
+
+class InterpolatedCosine(Schedule):
+    r"""simple diffusion's interpolated cosine schedule (Hoogeboom et al. 2023, §3.1): the shifted
+    cosine schedules λ_cos(τ) + s_lo and λ_cos(τ) + s_hi mixed linearly in time,
+
+    .. math::  \lambda(\tau) = \tau(\lambda_{cos}(\tau) + s_{lo}) + (1 - \tau)(\lambda_{cos}(\tau) + s_{hi})
+               = -2\ln\tan(\pi\tau/2) + s_{hi} + \tau(s_{lo} - s_{hi}),
+
+    so the noise end (τ = 1) uses the low-resolution shift and the data end (τ = 0) the high one (paper:
+    s_lo = 2 ln(32/d), s_hi = 2 ln(256/d) for a d×d image). This is the base map (untruncated, τ ∈ [0, 1]
+    ↔ λ ∈ ℝ), truncated like every schedule here; the paper instead interpolates the truncated cosine, a
+    difference of order e^{−λ_max/2} in t. λ'(τ) = −2π/sin(πτ) + (s_lo − s_hi) < 0 for all τ iff
+    **s_lo − s_hi < 2π**; g(λ) = τ(λ) by bisection, and
+
+    .. math::  p(\lambda) = \frac{\sin\pi\tau}{2\pi - (s_{lo} - s_{hi})\sin\pi\tau}\quad
+               (= \mathrm{sech}(\lambda/2)/(2\pi) \text{ for } s_{lo} = s_{hi} = 0)."""
+
+    name = "interpolated-cosine"
+
+    def __init__(self, shift_lo: float = 2 * math.log(32 / 512), shift_hi: float = 2 * math.log(256 / 512),
+                 logsnr_min: float = LOGSNR_MIN, logsnr_max: float = LOGSNR_MAX, shift: float = 0.0):
+        self.shift_lo, self.shift_hi = float(shift_lo), float(shift_hi)
+        if not (math.isfinite(self.shift_lo) and math.isfinite(self.shift_hi)
+                and self.shift_lo - self.shift_hi < 2 * math.pi):
+            raise ValueError(f"need finite shift_lo - shift_hi < 2 pi for a monotone schedule, got "
+                             f"{shift_lo} and {shift_hi}")
+        super().__init__(logsnr_min, logsnr_max, shift)
+
+    def _g_inv(self, g):
+        return -2.0 * torch.log(torch.tan(0.5 * math.pi * g)) + self.shift_hi + g * (self.shift_lo - self.shift_hi)
+
+    def _dlogsnr_dtau(self, tau: Tensor) -> Tensor:
+        return -2.0 * math.pi / torch.sin(math.pi * tau) + (self.shift_lo - self.shift_hi)
+
+    def _g(self, logsnr):
+        tau = _bisect_increasing(lambda v: -self._g_inv(v), -logsnr.detach(), 0.0, 1.0)
+        newton = tau - (self._g_inv(tau) - logsnr) / self._dlogsnr_dtau(tau)  # autograd: dτ/dλ = 1/λ'(τ)
+        return torch.where(torch.isfinite(logsnr), newton, tau)
+
+    def _dg(self, logsnr):
+        return 1.0 / self._dlogsnr_dtau(self._g(logsnr.detach()))
+
+    def params(self):
+        return {"shift_lo": self.shift_lo, "shift_hi": self.shift_hi, **super().params()}
+
+
 REGISTRY: Registry[Schedule] = Registry("schedule", infinite=("logsnr_min", "logsnr_max"))
 
 
@@ -291,6 +578,52 @@ def _logit_normal(m: float = 0.0, s: float = 1.0, logsnr_min: float = LOGSNR_MIN
 @REGISTRY.register("ddpm-linear", "DDPM linear β (1e−4 → 0.02), continuous limit")
 def _ddpm_linear(logsnr_min: float = LOGSNR_MIN, logsnr_max: float = LOGSNR_MAX) -> Schedule:
     return DDPMLinear(logsnr_min, logsnr_max)
+
+
+@REGISTRY.register("laplace", "Laplace(mu, b) in log-SNR (Hang et al. 2024)")
+def _laplace(mu: float = 0.0, b: float = 0.5, logsnr_min: float = LOGSNR_MIN, logsnr_max: float = LOGSNR_MAX,
+             shift: float = 0.0) -> Schedule:
+    return Laplace(mu, b, logsnr_min, logsnr_max, shift)
+
+
+@REGISTRY.register("cauchy", "Cauchy(mu, gamma) in log-SNR (Hang et al. 2024)")
+def _cauchy(mu: float = 0.0, gamma: float = 1.0, logsnr_min: float = LOGSNR_MIN, logsnr_max: float = LOGSNR_MAX,
+            shift: float = 0.0) -> Schedule:
+    return Cauchy(mu, gamma, logsnr_min, logsnr_max, shift)
+
+
+@REGISTRY.register("sd3-mode", "SD3 mode sampler t_RF = 1 − u − scale(cos²(πu/2) − 1 + u), −1 < scale < 1.7519")
+def _sd3_mode(scale: float = 1.29, logsnr_min: float = LOGSNR_MIN, logsnr_max: float = LOGSNR_MAX,
+              shift: float = 0.0) -> Schedule:
+    return SD3Mode(scale, logsnr_min, logsnr_max, shift)
+
+
+@REGISTRY.register("interpolated-cosine", "simple diffusion: cosine shifted by shift_lo at noise, shift_hi at data")
+def _interpolated_cosine(shift_lo: float = 2 * math.log(32 / 512), shift_hi: float = 2 * math.log(256 / 512),
+                         logsnr_min: float = LOGSNR_MIN, logsnr_max: float = LOGSNR_MAX,
+                         shift: float = 0.0) -> Schedule:
+    return InterpolatedCosine(shift_lo, shift_hi, logsnr_min, logsnr_max, shift)
+
+
+@REGISTRY.register("log-logistic", "k-diffusion: ln σ ~ Logistic(loc, scale) ⇔ λ ~ Logistic(−2 loc, 2 scale)")
+def _log_logistic(loc: float = 0.0, scale: float = 1.0, logsnr_min: float = LOGSNR_MIN,
+                  logsnr_max: float = LOGSNR_MAX, shift: float = 0.0) -> Schedule:
+    return LogLogistic(loc, scale, logsnr_min, logsnr_max, shift)
+
+
+@REGISTRY.register("log-uniform", "k-diffusion: ln σ ~ U(ln sigma_min, ln sigma_max) ⇔ λ uniform on "
+                   "[−2 ln sigma_max, −2 ln sigma_min] (+ shift)")
+def _log_uniform(sigma_min: float = 0.002, sigma_max: float = 80.0, shift: float = 0.0) -> Schedule:
+    if not 0 < sigma_min < sigma_max < math.inf:
+        raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got {sigma_min} and {sigma_max}")
+    # uniform λ is translation invariant, so the shift moves the support itself
+    return LinearLogSNR(-2.0 * math.log(sigma_max) + shift, -2.0 * math.log(sigma_min) + shift)
+
+
+@REGISTRY.register("split-log-normal", "k-diffusion split log-normal σ (loc, scale_1 below loc, scale_2 above)")
+def _split_log_normal(loc: float = 0.0, scale_1: float = 1.0, scale_2: float = 1.0, logsnr_min: float = LOGSNR_MIN,
+                      logsnr_max: float = LOGSNR_MAX, shift: float = 0.0) -> Schedule:
+    return SplitLogNormal(loc, scale_1, scale_2, logsnr_min, logsnr_max, shift)
 
 
 def get(name: str, **params) -> Schedule:

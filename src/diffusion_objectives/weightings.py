@@ -19,6 +19,7 @@ import torch
 from scipy import optimize
 from torch import Tensor
 
+from .errors import OptionError
 from .registry import Registry
 
 __all__ = [
@@ -31,6 +32,9 @@ __all__ = [
     "FlowWeighting",
     "SD3",
     "MinSNR",
+    "MinSNRV",
+    "Debiased",
+    "SoftMinSNR",
     "P2",
     "InDI",
     "DDPM",
@@ -93,7 +97,7 @@ class Weighting:
         return {"shift": self.shift}
 
     def __repr__(self) -> str:
-        inner = ", ".join(f"{k}={v:g}" for k, v in self.params().items())
+        inner = ", ".join(f"{k}={v:g}" if isinstance(v, int | float) else f"{k}={v}" for k, v in self.params().items())
         return f"{type(self).__name__}({inner})"
 
 
@@ -207,6 +211,71 @@ class MinSNR(Weighting):
 
     def params(self):
         return {"gamma": self.gamma, **super().params()}
+
+
+class MinSNRV(MinSNR):
+    r"""Min-SNR-γ in its v-prediction form (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR
+    Weighting Strategy"): c = min(SNR, γ)/(SNR + 1) on ‖v̂ − v‖², with the cosine schedule.
+    k_v = (SNR + 1)/SNR, so c·k = min(1, γ/SNR) and w = sech(λ/2) min(1, γ e^{−λ}) / π: *the same
+    objective* as the ε form ``min-snr`` (derived)."""
+
+    name, formula = "min-snr-v", "w = sech(λ/2) min(1, γ e^{−λ}) / π  (c = min(SNR, γ)/(SNR+1) on v)"
+
+
+class Debiased(Weighting):
+    r"""Debiased estimation (Yu et al. 2024, "Unmasking Bias in Diffusion Model Training"): the loss
+    is multiplied by c = 1/√SNR on ‖ε̂ − ε‖² (``target="eps"``) or c = 1/(SNR + 1) on ‖v̂ − v‖²
+    (``target="v"``, the kohya-ss form). Stated with the cosine schedule (like ``min-snr``),
+    w = 2 p_cos c k = sech(λ/2)/π · c k, with c k = e^{−λ/2} (ε) or e^{−λ} (v, as k_v = 1 + e^{−λ}):
+
+        eps:  w = (2/π) sigmoid(−λ)              (KG23's sigmoid weighting with b = 0, times 2/π)
+        v:    w = (2/π) sigmoid(−λ) e^{−λ/2}
+
+    Both are monotone."""
+
+    name, formula = "debiased", "w = (2/π) sigmoid(−λ) [eps]; (2/π) sigmoid(−λ) e^{−λ/2} [v]"
+    TARGETS = ("eps", "v")
+
+    def __init__(self, target: str = "eps", shift: float = 0.0):
+        super().__init__(shift)
+        if target not in self.TARGETS:
+            raise OptionError(f"target must be one of {', '.join(self.TARGETS)}, got {target!r}")
+        self.target = target
+
+    def _log_w(self, logsnr):
+        log_w = math.log(2 / math.pi) + torch.nn.functional.logsigmoid(-logsnr)
+        return log_w - 0.5 * logsnr if self.target == "v" else log_w
+
+    def params(self):
+        return {"target": self.target, **super().params()}
+
+
+class SoftMinSNR(Weighting):
+    r"""k-diffusion's ``soft-min-snr`` loss weighting (Crowson et al. 2024, HDiT; k-diffusion
+    ``layers.Denoiser``): c = (σσ_d)²/(σ² + σ_d²)² on the EDM F-target, i.e. 1/(σ² + σ_d²) on ‖D − x‖²,
+    the harmonic "soft minimum" of SNR = σ^{−2} and γ = σ_d^{−2}. With σ = e^{−λ/2} and
+    k_F = (σ² + σ_d²)/σ_d², the per-example ε-space factor is c k_F = σ²/(σ² + σ_d²), so
+
+        w(λ) = sigmoid(b − λ),   b = −2 ln σ_d:
+
+    KG23's sigmoid weighting, with factor exactly 1, when the per-example loss is read as w/p (KG23's
+    importance-sampled estimator). k-diffusion's raw loss under a λ-density π is w_π = 2π(λ)·w(λ)
+    (w = 2·p·c·k); with λ uniform on [λ_lo, λ_hi] (k-diffusion's ``log-uniform`` σ) that is the sigmoid
+    weighting times the constant 2/(λ_hi − λ_lo) (the ``soft-min-snr`` objective preset). Monotone."""
+
+    name, formula = "soft-min-snr", "w = sigmoid(−2 ln σ_d − λ)"
+
+    def __init__(self, sigma_data: float = 0.5, shift: float = 0.0):
+        super().__init__(shift)
+        if not sigma_data > 0:
+            raise ValueError(f"sigma_data must be positive, got {sigma_data}")
+        self.sigma_data = float(sigma_data)
+
+    def _log_w(self, logsnr):
+        return torch.nn.functional.logsigmoid(-2 * math.log(self.sigma_data) - logsnr)
+
+    def params(self):
+        return {"sigma_data": self.sigma_data, **super().params()}
 
 
 class P2(Weighting):
@@ -335,7 +404,8 @@ class EDMMonotonic(MonotoneEnvelope):
 
 
 REGISTRY: Registry[Weighting] = Registry("weighting")
-for _cls in (Elbo, Sigmoid, EDM, EDMMonotonic, EpsCosine, VCosine, FlowWeighting, SD3, MinSNR, P2, InDI, DDPM):
+for _cls in (Elbo, Sigmoid, EDM, EDMMonotonic, EpsCosine, VCosine, FlowWeighting, SD3, MinSNR, P2, InDI, DDPM,
+             MinSNRV, Debiased, SoftMinSNR):
     REGISTRY.add(_cls.name, _cls, _cls.formula)
 
 

@@ -25,6 +25,8 @@ from ..errors import OptionError
 from . import compare as _compare
 from . import elbo as _elbo
 from . import evaluate as _evaluate
+from . import explain as _explain
+from . import export as _export
 from . import fid_ref as _fid_ref
 from . import sample as _sample
 from . import train as _train
@@ -32,7 +34,7 @@ from . import weightings as _weightings
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
-COMMANDS = [_weightings, _train, _sample, _elbo, _evaluate, _fid_ref, _compare]
+COMMANDS = [_weightings, _explain, _train, _sample, _elbo, _evaluate, _fid_ref, _compare, _export]
 
 DEBUG_HELP = "print the traceback of an error (also DIFFOBJ_DEBUG=1)"
 

@@ -205,12 +205,18 @@ def add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", metavar="{cpu,cuda,auto}",
                    help="device for the model (default cpu; auto: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--data", default=None, metavar="NAME",
+                   help="dataset of a diffusers pipeline directory given as RUN_OR_CHECKPOINT (one with "
+                        "model_index.json); needed when it has no diffobj.json run record")
 
 
-def load_checkpoint(args: argparse.Namespace):
-    """:func:`~diffusion_objectives.training.load_for_inference` of ``args.checkpoint`` (warnings on stderr)."""
+def load_checkpoint(args: argparse.Namespace, path: str | None = None):
+    """:func:`~diffusion_objectives.training.load_for_inference` of ``path`` (default ``args.checkpoint``) with
+    ``args.ema`` and ``args.device`` (warnings on stderr), or :func:`~diffusion_objectives.pipelines.
+    load_diffusers_pipeline` of a diffusers pipeline directory (``--data``)."""
     import torch
 
+    from .. import pipelines
     from ..training.checkpoint import load_for_inference
 
     device = args.device
@@ -220,7 +226,17 @@ def load_checkpoint(args: argparse.Namespace):
         raise OptionError(f"--device: expected cpu, cuda, cuda:N or auto, got {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise OptionError("--device cuda: no CUDA device is available")
-    return load_for_inference(args.checkpoint, ema=args.ema, device=device,
+    path = args.checkpoint if path is None else path
+    data = getattr(args, "data", None)
+    if pipelines.is_pipeline_dir(path):  # a diffusers pipeline directory (docs/adapters.md)
+        if data is None and not pipelines.has_run_record(path):
+            raise OptionError(f"{path!r} is a diffusers pipeline without a diffobj.json run record: "
+                              "name its dataset with --data NAME")
+        return pipelines.load_diffusers_pipeline(path, data=data, device=device)
+    if data is not None:
+        raise OptionError(f"--data applies to a diffusers pipeline directory; {path!r} has no "
+                          "model_index.json (a run's dataset is in its config)")
+    return load_for_inference(path, ema=args.ema, device=device,
                               warn=lambda msg: print(f"warning: {msg}", file=sys.stderr))
 
 

@@ -13,7 +13,8 @@ same name are replaced; other files in --out are left alone.
   the same pixels as the PNGs), ``arr_1`` int64 labels ``[N]`` (conditional models) and ``seeds`` ``[N]``.
   The file is itself an ``npz`` dataset: ``data.get("npz", path=..., levels=K)`` reads the samples back.
 - 2-D toy data: ``samples.npz`` with ``arr_0`` float32 ``[N, 2]`` and ``seeds``, and ``samples.png`` (scatter).
-- ``samples.json``: the provenance (checkpoint, step, EMA, sampler, grid, steps, guidance, seeds).
+- ``samples.json``: the provenance (checkpoint, step, EMA, sampler, grid, steps, guidance, seeds; the guidance
+  interval and the autoguidance checkpoint when used).
 
 The samples are held in memory until they are written: a request whose estimated memory exceeds half of
 the available memory, or whose files would not fit on the disk, is refused before anything is drawn
@@ -55,7 +56,10 @@ EXAMPLES = """examples:
   diffobj sample runs/digits --sampler ancestral --steps 256 --grid cosine --out samples/anc
   diffobj sample runs/in64 --sampler edm-stochastic --steps 256 --out s/in64  EDM's ImageNet-64 FID sampler
   diffobj sample runs/digits --guidance 1.5 --out samples/cfg             classifier-free guidance
+  diffobj sample runs/digits --autoguidance runs/digits-small --guidance 1 --out samples/ag   autoguidance, w = 2
+  diffobj sample runs/digits --guidance 1.5 --guidance-interval=-1.5,4 --out samples/gi  guidance for λ in [-1.5, 4]
   diffobj sample runs/toy --n 4096 --out samples/toy                      2-D data: samples.npz + scatter
+  diffobj sample runs/in64 --sampler edm-stochastic --steps 256 --out s/in64  EDM's ImageNet-64 FID sampler
 """
 
 GRID_MAX = 256  # samples shown in grid.png
@@ -136,6 +140,20 @@ def _write_points(x, seeds: list[int], out: Path, title: str) -> list[str]:
 
 # ---- the command ----------------------------------------------------------------------------------------
 
+def parse_interval(text: str | None) -> tuple[float, float] | None:
+    """``--guidance-interval LO,HI`` (λ values, ``inf`` allowed) → (lo, hi) with lo ≤ hi."""
+    if text is None:
+        return None
+    parts = text.split(",")
+    try:
+        lo, hi = (float(v) for v in parts)
+    except ValueError:
+        raise OptionError(f"--guidance-interval: expected LO,HI (two λ values), got {text!r}") from None
+    if not lo <= hi:
+        raise OptionError(f"--guidance-interval: need LO <= HI, got {text!r}")
+    return lo, hi
+
+
 def _request_size(loaded, count: int, png: bool, out: Path) -> None:
     """Refuse ``count`` samples up front if they would not fit in memory or on the disk (exit 2)."""
     from .. import evaluation as E
@@ -146,7 +164,7 @@ def _request_size(loaded, count: int, png: bool, out: Path) -> None:
                     disk=disk, where=out)
 
 
-def _draw(loaded, seeds: list[int], settings, args: argparse.Namespace):
+def _draw(loaded, seeds: list[int], settings, args: argparse.Namespace, guide=None):
     from .. import evaluation as E
 
     bar = progress_bar(args)
@@ -158,7 +176,7 @@ def _draw(loaded, seeds: list[int], settings, args: argparse.Namespace):
             progress.update(k - done[0])
         done[0] = k
 
-    x, labels = E.generate(loaded, seeds, settings, batch_size=args.batch_size, progress=hook)
+    x, labels = E.generate(loaded, seeds, settings, batch_size=args.batch_size, progress=hook, guide=guide)
     if progress:
         progress.close()
     if not bool(x.isfinite().all()):
@@ -171,7 +189,8 @@ def _draw(loaded, seeds: list[int], settings, args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from .. import evaluation as E
 
-    settings = E.SampleSettings(args.sampler, args.steps, args.grid, args.guidance, args.ema)
+    settings = E.SampleSettings(args.sampler, args.steps, args.grid, args.guidance, args.ema,
+                                parse_interval(args.guidance_interval), args.autoguidance)
     E.sampling_grid(settings.resolved_grid(), settings.steps)  # validates --steps before loading anything
     if args.seeds is not None:
         E.seed_ranges(args.seeds)  # syntax and range, before loading anything
@@ -179,16 +198,17 @@ def run(args: argparse.Namespace) -> int:
         raise OptionError(f"--batch-size must be positive, got {args.batch_size}")
     out = check_output_dir(args.out)
     loaded = load_checkpoint(args)
+    guide = None if args.autoguidance is None else load_checkpoint(args, args.autoguidance)
     with hold_run(loaded, out, "diffobj sample"):  # before any work: a run being trained is refused at once
-        return _sample(args, loaded, settings, out)
+        return _sample(args, loaded, settings, out, guide)
 
 
-def _sample(args: argparse.Namespace, loaded, settings, out: Path) -> int:
+def _sample(args: argparse.Namespace, loaded, settings, out: Path, guide=None) -> int:
     from .. import evaluation as E
 
     seeds = resolve_seeds(args.n, args.seeds, default_n=64,
                           bytes_per_seed=lambda count: _request_size(loaded, count, args.png, out))
-    x, labels = _draw(loaded, seeds, settings, args)
+    x, labels = _draw(loaded, seeds, settings, args, guide)
     image = E.is_image(loaded)
     levels = E.dataset_split(loaded, "train").levels if image else None
     with staged_dir(out, last=("samples.json",)) as stage:
@@ -203,6 +223,8 @@ def _sample(args: argparse.Namespace, loaded, settings, out: Path) -> int:
                 "n": len(seeds), "seeds": format_seeds(seeds), "levels": levels,
                 "layout": "arr_0 uint8 [N, H, W, C]" if image else "arr_0 float32 [N, D]",
                 "labels": "arr_1 = seed mod num_classes" if labels is not None else None}
+        if guide is not None:
+            meta["autoguidance"] = checkpoint_info(guide)
         write_json(stage / "samples.json", meta)
     print(f"{len(seeds)} samples from {loaded.checkpoint_dir} (step {loaded.step}, "
           f"{'EMA' if loaded.ema else 'raw'} weights), {settings.sampler} {settings.steps} steps on the "
@@ -228,7 +250,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="samples per network batch (default 256; "
                                                                "does not change the samples)")
     p.add_argument("--guidance", type=finite_float, default=0.0,
-                   help="classifier-free guidance scale g: ε̂ = (1+g) ε̂(z, c) − g ε̂(z, ∅) (conditional models)")
+                   help="guidance scale g: classifier-free ε̂ = (1+g) ε̂(z, c) − g ε̂(z, ∅) (conditional models); "
+                        "with --autoguidance x̂ = x̂_bad + (1+g)(x̂ − x̂_bad), i.e. Karras et al.'s w = 1 + g")
+    p.add_argument("--autoguidance", default=None, metavar="RUN_OR_CKPT",
+                   help="guide with this (smaller or earlier) model instead of the unconditional one (autoguidance, "
+                        "Karras et al. 2024); loaded with the same --ema/--device")
+    p.add_argument("--guidance-interval", default=None, metavar="LO,HI",
+                   help="apply guidance only at λ in [LO, HI] (Kynkäänniemi et al. 2024), e.g. "
+                        "--guidance-interval=-1.5,4; default everywhere")
     p.add_argument("--png", action=argparse.BooleanOptionalAction, default=True,
                    help="write one PNG per seed (default); --no-png writes only grid.png and samples.npz")
     p.set_defaults(run=run)

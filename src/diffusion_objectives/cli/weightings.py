@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import io
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -25,6 +26,7 @@ PLOT_FORMATS = (".png", ".pdf", ".svg")
 EXAMPLES = """examples:
   diffobj weightings                      list every weighting and objective preset
   diffobj weightings show sigmoid:bias=-2
+  diffobj weightings show debiased:target=v --schedule laplace:mu=0,b=0.5
   diffobj weightings show edm
   diffobj weightings plot sigmoid edm edm-monotonic v-cosine --out weightings.png
 """
@@ -38,13 +40,16 @@ class Resolved:
     objective: objectives.Objective | None
 
 
-def parse_params(text: str, option: str) -> dict[str, float]:
-    """``"a=1,b=-2"`` → ``{"a": 1.0, "b": -2.0}``; errors name ``option``."""
-    params: dict[str, float] = {}
+def parse_params(text: str, option: str, strings: frozenset[str] = frozenset()) -> dict[str, float | str]:
+    """``"a=1,b=-2"`` → ``{"a": 1.0, "b": -2.0}``; keys in ``strings`` keep their text; errors name ``option``."""
+    params: dict[str, float | str] = {}
     for item in filter(None, text.split(",")):
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise OptionError(f"{option}: expected KEY=VALUE, got {item!r}")
+        if key.strip() in strings:
+            params[key.strip()] = value.strip()
+            continue
         try:
             params[key.strip()] = float(value)
         except ValueError:
@@ -55,7 +60,9 @@ def parse_params(text: str, option: str) -> dict[str, float]:
 def resolve(spec: str, schedule_spec: str = "cosine", logsnr_min: float = -15.0,
             logsnr_max: float = 15.0) -> Resolved:
     name, _, param_text = spec.partition(":")
-    params = parse_params(param_text, spec)
+    text_params = frozenset(k for k, v in weightings.REGISTRY.parameters(name).items() if isinstance(v, str)) \
+        if name in weightings.REGISTRY else frozenset()
+    params = parse_params(param_text, spec, text_params)
     sched_name, _, sched_params = schedule_spec.partition(":")
     schedule = schedules.get(sched_name, **{"logsnr_min": logsnr_min, "logsnr_max": logsnr_max,
                                              **parse_params(sched_params, "--schedule")})
@@ -80,6 +87,9 @@ def _list(args) -> int:
         mono = "monotone" if obj.weighting.is_monotonic(lo, hi) else "non-monotone"
         print(f"  {name:<15} {mono:<13} {obj.weighting.name} × {obj.schedule.name} × "
               f"{obj.parameterization.name}   {objectives.REGISTRY.summary(name)}")
+    print("\nSchedules p(λ) (pair with a weighting by --schedule NAME:KEY=VALUE,...):")
+    for name in schedules.names():
+        print(f"  {name:<20} {schedules.REGISTRY.summary(name)}")
     return 0
 
 
@@ -93,15 +103,21 @@ def _show(args) -> int:
         print(f"  parameterization: {r.objective.parameterization!r}")
         if r.objective.published is not None:
             print(f"  published as: {r.objective.published.citation}")
-    monotone = r.weighting.is_monotonic(lo, hi)
+    print_augmentation(r.weighting, lo, hi)
+    return 0
+
+
+def print_augmentation(weighting: Weighting, lo: float, hi: float) -> None:
+    """Print whether ``weighting`` is monotone on [lo, hi] and, if so, its augmentation distribution p_w."""
+    monotone = weighting.is_monotonic(lo, hi)
     print(f"  monotone on [{lo:g}, {hi:g}]: {'yes' if monotone else 'no'}")
     grid = torch.linspace(lo, hi, 30001, dtype=torch.float64)
     if not monotone:
-        w = r.weighting(grid)
+        w = weighting(grid)
         print(f"  peak at λ = {float(grid[w.argmax()]):.4f}: not an ELBO of augmented data "
               "(a signed combination of ELBOs, KG23 §4)")
-        return 0
-    aug = augmentation_density(r.weighting, grid, lo, hi)
+        return
+    aug = augmentation_density(weighting, grid, lo, hi)
     mass = torch.cumsum(aug.density, 0) * (grid[1] - grid[0])
     cont = float(mass[-1])
     print("  augmentation distribution p_w(λ) = −w'(λ)/w(λ_min), plus a point mass at λ_max:")
@@ -111,18 +127,23 @@ def _show(args) -> int:
         mean = float((grid * aug.density).sum() * (grid[1] - grid[0])) / cont
         print(f"    continuous part: mean λ {mean:.4f}; quantiles 5/25/50/75/95%: "
               + ", ".join(f"{q:.3f}" for q in quant))
-    return 0
 
 
 def _plot(args) -> int:
+    out = check_output_path(args.out, formats=PLOT_FORMATS, create_parents=False)
+    resolved = [resolve(s, args.schedule, args.logsnr_min, args.logsnr_max) for s in args.specs]
+    plot(resolved, args.logsnr_min, args.logsnr_max, out)
+    return 0
+
+
+def plot(resolved: list[Resolved], lo: float, hi: float, out: Path) -> None:
+    """w(λ)/max w, p(λ) and (monotone ones) the augmentation density p_w of each entry, on one λ axis, written
+    atomically to ``out`` (already checked with ``check_output_path(..., formats=PLOT_FORMATS)``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out = check_output_path(args.out, formats=PLOT_FORMATS, create_parents=False)
-    resolved = [resolve(s, args.schedule, args.logsnr_min, args.logsnr_max) for s in args.specs]
-    lo, hi = args.logsnr_min, args.logsnr_max
     grid = torch.linspace(lo, hi, 2001, dtype=torch.float64)
     fig, axes = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
     for r in resolved:
@@ -147,7 +168,6 @@ def _plot(args) -> int:
     plt.close(fig)
     write_atomic(out, buf.getvalue())
     print(f"wrote {out}")
-    return 0
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -164,12 +184,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     show = actions.add_parser("show", help="parameters, monotonicity and augmentation distribution of SPEC")
     show.add_argument("spec", metavar="SPEC")
     show.set_defaults(run=_show)
-    plot = actions.add_parser("plot", help="plot w(λ), p(λ) and augmentation densities")
-    plot.add_argument("specs", metavar="SPEC", nargs="+")
-    plot.add_argument("--out", required=True, help="output image: " + ", ".join(PLOT_FORMATS)
+    plotter = actions.add_parser("plot", help="plot w(λ), p(λ) and augmentation densities")
+    plotter.add_argument("specs", metavar="SPEC", nargs="+")
+    plotter.add_argument("--out", required=True, help="output image: " + ", ".join(PLOT_FORMATS)
                       + " (by its suffix; the directory must exist)")
-    plot.set_defaults(run=_plot)
-    for a in (show, plot):  # the range options are accepted after the action too
+    plotter.set_defaults(run=_plot)
+    for a in (show, plotter):  # the range options are accepted after the action too
         a.add_argument("--logsnr-min", type=float, default=argparse.SUPPRESS)
         a.add_argument("--logsnr-max", type=float, default=argparse.SUPPRESS)
         a.add_argument("--schedule", default=argparse.SUPPRESS)

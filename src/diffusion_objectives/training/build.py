@@ -127,6 +127,7 @@ def complete_network_params(network: NetworkConfig, dataset: Any, seed: int) -> 
     for k, v in inferred.items():
         if k in accepted and k not in params:
             params[k] = v
+    params = networks.recorded_defaults(network.name) | params
     return NetworkConfig(network.name, params, network.conditional, network.label_dropout)
 
 
