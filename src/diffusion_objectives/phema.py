@@ -222,7 +222,9 @@ def _read_header(path: Path) -> Snapshot:
     """The snapshot's metadata, read from the safetensors header without loading the tensors."""
     try:
         with open(path, "rb") as f:
-            size = int.from_bytes(f.read(8), "little")
+            size = int.from_bytes(f.read(8), "little")  # safetensors: u64 header length, then JSON
+            if not 0 < size <= path.stat().st_size - 8:
+                raise ValueError("not a safetensors file (bad header length)")
             meta = json.loads(f.read(size)).get("__metadata__") or {}
         if meta.get("format") != SNAPSHOT_FORMAT:
             raise ValueError(f"not a post-hoc EMA snapshot (format {meta.get('format')!r})")

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from ..errors import OptionError
 from . import compare as _compare
 from . import elbo as _elbo
+from . import ema as _ema
 from . import evaluate as _evaluate
 from . import fid_ref as _fid_ref
 from . import sample as _sample
@@ -20,7 +21,7 @@ from . import weightings as _weightings
 
 __all__ = ["main", "build_parser"]
 
-COMMANDS = [_weightings, _train, _sample, _elbo, _evaluate, _fid_ref, _compare]
+COMMANDS = [_weightings, _train, _sample, _elbo, _evaluate, _fid_ref, _compare, _ema]
 
 
 class _Parser(argparse.ArgumentParser):

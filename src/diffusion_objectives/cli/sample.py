@@ -38,6 +38,7 @@ EXAMPLES = """examples:
   diffobj sample runs/digits --sampler heun --steps 32 --n 64 --seeds 0-63 --out samples/d
   diffobj sample runs/digits/checkpoints/step-00002000 --no-ema --seeds 100-199 --out samples/raw
   diffobj sample runs/digits --sampler ancestral --steps 256 --grid cosine --out samples/anc
+  diffobj sample runs/in64 --sampler edm-stochastic --steps 256 --out s/in64  EDM's ImageNet-64 FID sampler
   diffobj sample runs/digits --guidance 1.5 --out samples/cfg             classifier-free guidance
   diffobj sample runs/toy --n 4096 --out samples/toy                      2-D data: samples.npz + scatter
 """
@@ -53,7 +54,6 @@ def add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
                    help="a run directory (its newest complete checkpoint), its checkpoints/ directory or one "
                         "checkpoint directory (checkpoints/step-NNNNNNNN)")
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
-  diffobj sample runs/in64 --sampler edm-stochastic --steps 256 --out s/in64  EDM's ImageNet-64 FID sampler
                    help="use the EMA weights (default) or the raw weights (--no-ema)")
     p.add_argument("--device", default="cpu", metavar="{cpu,cuda,auto}",
                    help="device for the model (default cpu; auto: cuda when available)")
