@@ -139,6 +139,11 @@ def test_loss_fn_draws_what_the_base_draws_and_trains_the_head():
     b = base(model, x, torch.Generator().manual_seed(8))
     assert torch.equal(a.logsnr, b.logsnr) and torch.equal(a.weighted, b.loss)
     torch.testing.assert_close(a.loss, b.loss)  # u ≡ 0 at initialisation: ℓ_u = ℓ_w
+    assert (loss.weighting, loss.schedule, loss.parameterization) == (weighting, schedule, param)
+    trained = UncertaintyWeightedLoss(base, _random_head(12))
+    plain = trained(model, x, torch.Generator().manual_seed(8)).u
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the head is evaluated in float32 under autocast too
+        assert torch.equal(trained(model, x, torch.Generator().manual_seed(8)).u, plain)
     a.loss.mean().backward()
     assert head.linear.bias.grad is not None and head.linear.bias.grad.abs().item() > 0
 

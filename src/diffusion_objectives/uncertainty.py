@@ -85,6 +85,8 @@ class UncertaintyWeightedLoss:
 
     def __init__(self, base: WeightedLoss, head: LogVarianceHead):
         self.base, self.head = base, head
+        # the base objective's parts, so code written for a WeightedLoss reads them unchanged
+        self.weighting, self.schedule, self.parameterization = base.weighting, base.schedule, base.parameterization
 
     def __call__(self, model: Callable[..., Tensor], x: Tensor, generator: torch.Generator | None = None,
                  labels: Tensor | None = None) -> UncertaintyLossOutput:
@@ -102,7 +104,8 @@ class UncertaintyWeightedLoss:
         return self._wrap(self.base.loss_at(model, x, eps, logsnr, labels), x)
 
     def _wrap(self, out: LossOutput, x: Tensor) -> UncertaintyLossOutput:
-        u = self.head(out.logsnr.to(x.device)).to(out.loss.dtype)
+        with torch.autocast(x.device.type, enabled=False):  # u in the head's precision, also under bf16 autocast
+            u = self.head(out.logsnr.to(x.device)).to(out.loss.dtype)
         loss = uncertainty_loss(out.loss, u, x[0].numel())
         return UncertaintyLossOutput(loss=loss, logsnr=out.logsnr, eps_mse=out.eps_mse,
                                      weighted_eps_mse=out.weighted_eps_mse, weighted=out.loss, u=u)
