@@ -34,7 +34,7 @@ def test_sigma_rel_max_is_the_peak_of_the_profile_width():
     assert phema.GAMMA_PEAK == pytest.approx(res.x, abs=1e-4)
 
 
-@pytest.mark.parametrize("sigma_rel", [0.005, 0.01, 0.05, 0.075, 0.10, 0.15, 0.2, 0.25, 0.2887, 0.3])
+@pytest.mark.parametrize("sigma_rel", [0.005, 0.01, 0.05, 0.075, 0.10, 0.15, 0.2, 0.25, 0.2887, 0.3, 0.30028])
 def test_sigma_rel_to_gamma_solves_the_defining_relation(sigma_rel):
     """The γ on the falling branch (γ > γ_peak) whose profile has std σ_rel, by brentq on quadrature. Near the
     peak σ_rel(γ) is flat, so γ is compared with the tolerance that a 1e-10 error of the quadrature in σ_rel
@@ -237,3 +237,8 @@ def test_reconstruction_of_a_tiny_model_trained_on_toy_data(tmp_path):
     c = _step_coefficients(steps, gammas, phema.solve_weights(steps, gammas, 600, gamma), 600, gamma)
     assert bool((err <= _error_bound(c, torch.stack(path)) + 1e-12).all())
     assert float(err.max()) < 1e-3 * float((flat(tracker.averages[2]) - flat(tracker.averages[0])).abs().max())
+
+
+def test_reconstruct_needs_snapshots():
+    with pytest.raises(phema.SnapshotError, match="no snapshots"):
+        phema.reconstruct([], 0.1)

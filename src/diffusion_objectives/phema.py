@@ -67,11 +67,15 @@ def sigma_rel_to_gamma(sigma_rel: float) -> float:
     Squaring Eq. (123) with s = σ_rel⁻²: (γ+2)²(γ+3) = s(γ+1), i.e. γ³ + 7γ² + (16 − s)γ + (12 − s) = 0; the
     wanted γ is its largest real root (σ_rel falls monotonically beyond the peak, where the cubic is < 0)."""
     s = check_sigma_rel(sigma_rel) ** -2
-    roots = np.roots([1.0, 7.0, 16.0 - s, 12.0 - s])
-    gamma = float(roots[np.abs(roots.imag) < 1e-9 * np.maximum(1.0, np.abs(roots))].real.max())
-    for _ in range(2):  # polish with Newton steps on the cubic
+    # the largest real part: near σ_rel,max the two largest roots nearly coincide and may come back as a
+    # complex pair whose real part is still the root; Newton steps on the cubic then polish it
+    gamma = float(np.roots([1.0, 7.0, 16.0 - s, 12.0 - s]).real.max())
+    for _ in range(8):
         f = ((gamma + 7.0) * gamma + 16.0 - s) * gamma + 12.0 - s
-        gamma -= f / ((3.0 * gamma + 14.0) * gamma + 16.0 - s)
+        slope = (3.0 * gamma + 14.0) * gamma + 16.0 - s
+        if slope <= 0 or f == 0:
+            break
+        gamma = max(gamma - f / slope, GAMMA_PEAK)
     return gamma
 
 
@@ -263,6 +267,8 @@ def reconstruct(snapshots: Sequence[Snapshot], sigma_rel: float, step: int | Non
     taken at or before ``step``, x from :func:`solve_weights`. Accumulated in float64, returned in each tensor's
     dtype; non-floating tensors come from the latest snapshot used."""
     gamma = sigma_rel_to_gamma(sigma_rel)
+    if not snapshots:
+        raise SnapshotError("no snapshots to reconstruct from")
     check_same_model(snapshots)
     step = max(s.step for s in snapshots) if step is None else int(step)
     used = [s for s in snapshots if s.step <= step]
