@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load, save
 
 from diffusion_objectives import mixtures, parameterizations, schedules, weightings
+from diffusion_objectives.adaptive import AdaptiveSchedule
 from diffusion_objectives.loss import LossOutput, WeightedLoss
 from diffusion_objectives.uncertainty import LogVarianceHead, UncertaintyWeightedLoss, uncertainty_loss
 
@@ -186,3 +187,26 @@ def test_state_dict_round_trip_is_bit_exact():
 def test_head_rejects_bad_parameters(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         LogVarianceHead(**kwargs)
+
+
+def test_at_the_optimum_w_eff_is_2Dp_over_M_and_the_adaptive_schedule_gives_back_w():
+    """docs/objectives.md: with e^u = E[ℓ_w | λ]/D, w_eff = w e^{−u} = 2Dp/M (M = E‖ε̂ − ε‖² | λ); if p is KG23's
+    adaptive density, learned from the base ``weighted_eps_mse`` (p ∝ wM), then w_eff ∝ w. Checked on the bin
+    centres of an AdaptiveSchedule with the exact ring-mixture denoiser, E[· | λ] by the mean of N draws."""
+    K, N, D = 10, 4000, 2
+    weighting, param = weightings.get("sigmoid", bias=2.0), parameterizations.get("eps")
+    schedule = AdaptiveSchedule(-10.0, 10.0, bins=K, floor=1e-12)
+    loss = WeightedLoss(weighting, schedule, param)
+    mix, g = mixtures.ring(), torch.Generator().manual_seed(13)
+    lam = (-10 + 20 * (torch.arange(K, dtype=torch.float64) + 0.5) / K).repeat_interleave(N)
+    x, eps = mix.sample(K * N, g), torch.randn(K * N, D, generator=g, dtype=torch.float64)
+    schedule.update(lam, loss.loss_at(mix.denoiser(param), x, eps, lam).weighted_eps_mse)  # p ∝ wM now
+    out = loss.loss_at(mix.denoiser(param), x, eps, lam)
+    mean_weighted = out.loss.detach().reshape(K, N).mean(1)  # E[ℓ_w | λ_k]
+    m = out.eps_mse.reshape(K, N).mean(1)  # M(λ_k)
+    lam_k, p = lam[::N], schedule.density(lam[::N])
+    u = torch.log(mean_weighted / D)  # the optimum of the head (test above)
+    w_eff = torch.sigmoid(2 - lam_k) * torch.exp(-u)
+    torch.testing.assert_close(w_eff, 2 * D * p / m, rtol=1e-10, atol=0)
+    ratio = w_eff / torch.sigmoid(2 - lam_k)
+    torch.testing.assert_close(ratio, ratio.mean().expand(K), rtol=1e-8, atol=0)
