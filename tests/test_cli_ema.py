@@ -62,7 +62,8 @@ def test_step_option_uses_snapshots_up_to_it(tmp_path):
     assert main(["ema", str(snap_dir), "--sigma-rel", "0.1", "--step", "200", "--out", str(out)]) == 0
     with safe_open(str(out / "ema-0.1.safetensors"), "pt") as f:
         assert f.metadata()["step"] == "200" and f.metadata()["snapshots"] == "8"
-    assert main(["ema", str(snap_dir), "--sigma-rel", "0.1", "--step", "10", "--out", str(out)]) == 2
+    for step in ("10", "401"):
+        assert main(["ema", str(snap_dir), "--sigma-rel", "0.1", "--step", step, "--out", str(out)]) == 2
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-0.05", "0", "0.31", "abc", "0.05,0.05"])

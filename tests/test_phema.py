@@ -242,3 +242,11 @@ def test_reconstruction_of_a_tiny_model_trained_on_toy_data(tmp_path):
 def test_reconstruct_needs_snapshots():
     with pytest.raises(phema.SnapshotError, match="no snapshots"):
         phema.reconstruct([], 0.1)
+
+
+def test_reconstruct_refuses_steps_outside_the_snapshots(tmp_path):
+    _track(_trajectory(100, 2, 5), [0.05, 0.10], 50, tmp_path)
+    snaps = phema.read_snapshots(tmp_path)
+    for step in (49, 101):
+        with pytest.raises(phema.SnapshotError, match="outside the snapshots' steps 50…100"):
+            phema.reconstruct(snaps, 0.1, step=step)

@@ -263,17 +263,19 @@ def read_snapshots(directory: str | Path) -> list[Snapshot]:
 
 
 def reconstruct(snapshots: Sequence[Snapshot], sigma_rel: float, step: int | None = None) -> dict[str, Tensor]:
-    """The EMA at ``sigma_rel`` after ``step`` (default: the last snapshot's) as Σ_i x_i θ̂_i over the snapshots
-    taken at or before ``step``, x from :func:`solve_weights`. Accumulated in float64, returned in each tensor's
-    dtype; non-floating tensors come from the latest snapshot used."""
+    """The EMA at ``sigma_rel`` after ``step`` (default: the last snapshot's; at most that) as Σ_i x_i θ̂_i over
+    the snapshots taken at or before ``step``, x from :func:`solve_weights`. Accumulated in float64, returned in
+    each tensor's dtype; non-floating tensors come from the latest snapshot used."""
     gamma = sigma_rel_to_gamma(sigma_rel)
     if not snapshots:
         raise SnapshotError("no snapshots to reconstruct from")
     check_same_model(snapshots)
-    step = max(s.step for s in snapshots) if step is None else int(step)
+    last = max(s.step for s in snapshots)
+    step = last if step is None else int(step)
     used = [s for s in snapshots if s.step <= step]
-    if not used:
-        raise SnapshotError(f"no snapshot at or before step {step}")
+    if not used or step > last:
+        raise SnapshotError(f"step {step} is outside the snapshots' steps {used[0].step if used else snapshots[0].step}"
+                            f"…{last}: the weights after the last snapshot are unknown")
     x = solve_weights([s.step for s in used], [s.gamma for s in used], step, gamma)
     total: dict[str, Tensor] = {}
     dtypes: dict[str, torch.dtype] = {}

@@ -8,7 +8,8 @@ Algorithm 3; docs/ema.md). Its metadata holds ``sigma_rel``, ``gamma``, ``step``
 used, the relative L² ``profile_error`` of the fit, and the snapshots' ``run``, ``signature`` and ``extra``.
 
 σ_rel must be finite and in (0, 0.3003): the widest power-function profile has σ_rel ≈ 0.3003.
-A missing or empty snapshot directory, or snapshots of different models or runs, exit with code 2.
+A missing or empty snapshot directory, unreadable snapshots, snapshots of different models or runs, and a
+--step outside the snapshots' steps exit with code 2.
 """
 
 from __future__ import annotations
@@ -70,10 +71,10 @@ def run(args: argparse.Namespace) -> int:
         snapshots = phema.read_snapshots(args.snapshot_dir)
     except phema.SnapshotError as exc:
         raise OptionError(str(exc)) from None
-    first_step = snapshots[0].step
-    step = snapshots[-1].step if args.step is None else args.step
-    if step < first_step:
-        raise OptionError(f"--step {step}: the first snapshot is at step {first_step}")
+    first_step, last_step = snapshots[0].step, snapshots[-1].step
+    step = last_step if args.step is None else args.step
+    if not first_step <= step <= last_step:
+        raise OptionError(f"--step {step}: the snapshots cover steps {first_step}…{last_step}")
     with staged_dir(out) as stage:
         for sigma_rel in sigma_rels:
             name = f"ema-{sigma_rel:.6g}.safetensors"
@@ -91,6 +92,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sigma-rel", required=True, metavar="LIST",
                    help="comma-separated relative EMA widths σ_rel, each in (0, 0.3003), e.g. 0.05,0.10,0.15")
     p.add_argument("--step", type=int, default=None,
-                   help="reconstruct the EMA at this optimizer step (default: the last snapshot's)")
+                   help="reconstruct the EMA at this optimizer step, between the first and the last snapshot's "
+                        "(default: the last snapshot's)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory for ema-<sigma_rel>.safetensors")
     p.set_defaults(run=run)
