@@ -24,6 +24,7 @@ from .. import __version__
 from ..errors import OptionError
 from . import compare as _compare
 from . import elbo as _elbo
+from . import ema as _ema
 from . import evaluate as _evaluate
 from . import explain as _explain
 from . import export as _export
@@ -34,7 +35,7 @@ from . import weightings as _weightings
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
-COMMANDS = [_weightings, _explain, _train, _sample, _elbo, _evaluate, _fid_ref, _compare, _export]
+COMMANDS = [_weightings, _explain, _train, _sample, _elbo, _evaluate, _fid_ref, _compare, _export, _ema]
 
 DEBUG_HELP = "print the traceback of an error (also DIFFOBJ_DEBUG=1)"
 
