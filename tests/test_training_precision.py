@@ -75,6 +75,8 @@ def test_auto_on_cuda_follows_bf16_support(monkeypatch, supported, name):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: supported)
     p = precision.resolve_precision("auto", "cuda", cpuinfo=AVX2_ONLY)  # the CPU's flags do not matter
     assert p.name == name and p.warning is None
+    forced = precision.resolve_precision("bf16", "cuda", cpuinfo=AVX2_ONLY)
+    assert forced.name == "bf16" and (forced.warning is None) is supported
 
 
 def test_unknown_precision_names_the_key():

@@ -11,7 +11,7 @@ issue 14): 1.3–1.8× faster training with AMX / AVX512-BF16, but 10–20× *sl
   BF16;
 
 and fp32 everywhere else, including CPUs it cannot inspect. Forcing ``bf16`` on a CPU without native bf16
-trains, with a warning that states the expected slowdown.
+trains, with a warning that states the expected slowdown (likewise on a GPU without native bf16).
 """
 
 from __future__ import annotations
@@ -108,6 +108,9 @@ def resolve_precision(requested: str, device: torch.device | str, *, cpuinfo: st
         if device.type == "cpu" and not native:
             warning = (f"run.precision=bf16 on a CPU without native bf16 ({how}): bf16 autocast is expected to be "
                        f"{SLOWDOWN_WITHOUT_NATIVE_BF16} here; use run.precision=auto or fp32")
+        elif device.type == "cuda" and not native:
+            warning = (f"run.precision=bf16 on a {how}: bf16 is emulated or unsupported there (slow or failing); "
+                       "use run.precision=auto or fp32")
         return Precision("bf16", requested, f"requested ({how})", warning)
     return Precision("bf16" if native else "fp32", requested, how)
 
