@@ -157,13 +157,18 @@ def _default() -> StudyConfig:
                     "about 10 minutes on 2 CPU cores")
 
 
+DIGITS_GRID = ["elbo", "iddpm", "edm", "edm-monotonic", "v-cosine", "flow-matching", "sigmoid:bias=2",
+               "sigmoid:bias=2+adaptive"]
+
+
 def _digits() -> StudyConfig:
     return StudyConfig(
-        preset="digits", overrides=["run.checkpoint_every=1000", "run.sample_every=0"], steps=3000,
-        batch_size=128, grid=list(DEFAULT_GRID), seeds=[0, 1],
+        preset="digits", overrides=["run.checkpoint_every=250", "run.sample_every=0"], steps=500,
+        batch_size=128, grid=list(DIGITS_GRID), seeds=[0, 1, 2],
         evaluation=EvalProtocol(metrics=["fd", "kid", "coverage", "bpd", "loss-std"], n=1000, sampler="heun",
                                 steps=32, n_elbo=256, elbo_samples=32),
-        jobs=2, threads=1, description="8×8 digits, the digits U-Net, 3000 steps of 128 (about an hour on 2 CPU cores)")
+        jobs=2, threads=1, description="8×8 digits, the digits U-Net (0.83 M parameters), 500 steps of 128 "
+                                       "(64k images, 44 epochs), 8 objectives × 3 seeds")
 
 
 def _fashion() -> StudyConfig:
