@@ -1,7 +1,7 @@
 """ELBO efficiency: Monte-Carlo standard error of bits/dim per network evaluation, by estimator.
 
-Only the diffusion term L_diff of the −ELBO (FRAMEWORK §7) costs network evaluations; this compares its
-estimators in :func:`diffusion_objectives.elbo.elbo`, at S evaluations per example:
+Only the diffusion term L_diff of the −ELBO (VDM21; docs/theory.md, "The ELBO") costs network
+evaluations; this compares its estimators in :func:`diffusion_objectives.elbo.elbo`, at S evaluations per example:
 
 - uniform t (linear-λ schedule, i.e. λ uniform), i.i.d.: the plain estimator;
 - uniform t of the cosine schedule, i.i.d. (importance sampling with a common training density);

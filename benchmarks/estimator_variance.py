@@ -1,8 +1,9 @@
 """Estimator variance: the schedule p(λ) changes the variance of the loss and gradient, not the objective.
 
-KG23 §3 (FRAMEWORK §2): L_w = ½ E_{λ~p, ε}[(w(λ)/p(λ)) ‖ε̂ − ε‖²] has the same value for every p with the
-same endpoints. For a fixed model and each weighting (sigmoid(2 − λ), EDM, ELBO) × schedule (cosine,
-linear-logsnr, EDM log-normal, adaptive fitted to that weighting), this measures over many batches
+KG23 §3 (docs/theory.md, "The weighted loss"): L_w = ½ E_{λ~p, ε}[(w(λ)/p(λ)) ‖ε̂ − ε‖²] has the
+same value for every p with the same endpoints. For a fixed model and each weighting (sigmoid(2 − λ),
+EDM, ELBO) × schedule (cosine, linear-logsnr, EDM log-normal, adaptive fitted to that weighting), this measures
+over many batches
 
 - the mean of the batch-mean loss and its per-batch standard deviation,
 - the per-batch standard deviation of the gradient, sqrt(E‖g − ḡ‖²), relative to ‖ḡ‖,
@@ -51,7 +52,8 @@ def models(args):
 
 
 def fit_adaptive(model, param, draw, weighting, batch: int, steps: int, gen) -> AdaptiveSchedule:
-    """KG23's adaptive schedule (FRAMEWORK §6) fitted to this model and weighting: ``steps`` updates."""
+    """KG23's adaptive schedule (docs/theory.md, "The adaptive schedule") fitted to this model and
+    weighting: ``steps`` updates."""
     schedule = AdaptiveSchedule(-15.0, 15.0)
     loss = WeightedLoss(weighting, schedule, param)
     with torch.no_grad():

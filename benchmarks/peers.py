@@ -12,8 +12,9 @@ The network is ours, called as ``net(z, λ)``: diffusers' integer timesteps beco
 (diffusers' own ᾱ table), and k-diffusion's inner model ``F(c_in·x̃, σ)`` is ``net(α x̃, −2 ln σ)`` with
 α = 1/√(1 + σ²), i.e. its input is rescaled by 1/(c_in √(1 + σ²)) (the boundary conversion EDM σ ↔ VP).
 
-Cross-check (derived from w = 2 p c k, FRAMEWORK §3): a published per-example loss c(λ)·mean_d‖ŷ − y‖²
-has w = 2 p_π c k, and ours is ½ (w/p) ‖ε̂ − ε‖² = (p_π/p)·c·‖ŷ − y‖² summed over the D dimensions. So
+Cross-check (derived from w = 2 p c k, docs/theory.md, "Converting a published loss"): a published
+per-example loss c(λ)·mean_d‖ŷ − y‖² has w = 2 p_π c k, and ours is ½ (w/p) ‖ε̂ − ε‖² = (p_π/p)·c·‖ŷ − y‖²
+summed over the D dimensions. So
 
 - diffusers, cosine p_π = sech(λ/2)/(2π) vs our cosine truncated to [λ_min, λ_max], p = sech(λ/2)/(4(a_max −
   a_min)): ours / theirs = D · (2/π)(a_max − a_min), with a = arctan e^{−λ/2} at the endpoints (the ᾱ table's

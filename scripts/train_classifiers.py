@@ -25,7 +25,7 @@ from diffusion_objectives import data
 from diffusion_objectives.metrics.classifier import ASSETS, SmallCNN, init_parameters
 from diffusion_objectives.metrics.reference import sha256_file
 
-# Presets: one per dataset (STYLE §6). Units in the names: epochs over the train split, examples per batch.
+# Presets: one per dataset. Units in the names: epochs over the train split, examples per batch.
 ARCHITECTURE = dict(in_channels=1, channels=[24, 48, 96], features=128, num_classes=10)
 PRESETS = {
     "digits": dict(architecture=ARCHITECTURE, epochs=60, batch_size=64, lr=3e-3, weight_decay=1e-4),

@@ -7,7 +7,8 @@ import shutil
 import pytest
 import torch
 
-from diffusion_objectives import OptionError, data
+from diffusion_objectives import data
+from diffusion_objectives.errors import OptionError
 from diffusion_objectives.metrics import classifier
 from diffusion_objectives.metrics.classifier import ASSETS, SmallCNN, load_classifier, registry_entry
 

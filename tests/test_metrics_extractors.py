@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion_objectives import OptionError, data
+from diffusion_objectives import data
+from diffusion_objectives.errors import OptionError
 from diffusion_objectives.metrics import extractors
 from diffusion_objectives.metrics.extractors import locate_inception, resize_bilinear_tf
 

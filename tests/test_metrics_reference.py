@@ -5,7 +5,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from diffusion_objectives import OptionError
+from diffusion_objectives.errors import OptionError
 from diffusion_objectives.metrics import load_reference, save_reference
 
 

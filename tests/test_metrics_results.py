@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from diffusion_objectives import OptionError, data
+from diffusion_objectives import data
+from diffusion_objectives.errors import OptionError
 from diffusion_objectives.metrics import dataset_reference, evaluate_fd, extractors, fd_result, save_reference
 from diffusion_objectives.metrics.reference import Reference
 from diffusion_objectives.metrics.results import format_seeds

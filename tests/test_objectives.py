@@ -223,7 +223,7 @@ def test_v_prediction_with_shifted_cosine_monotone_iff_shift_below_threshold():
                                          bounds=(-30, 30), method="bounded", options={"xatol": 1e-12}).fun
 
     s_star = optimize.brentq(max_dlogw, 0.5, 5.0, xtol=1e-10)
-    assert s_star == pytest.approx(2.197, abs=1e-3)  # FRAMEWORK §5 (derived)
+    assert s_star == pytest.approx(2.197, abs=1e-3)  # derived by root finding (docs/objectives.md)
     for s, mono in ((s_star - 0.05, True), (s_star + 0.05, False)):
         obj = objectives.from_published(schedules.Cosine(-math.inf, math.inf, shift=s), None,
                                         parameterizations.get("v"))

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from diffusion_objectives import parameterizations
 
 SD = 0.5
-K = {  # k(λ) from FRAMEWORK §3, independently of the code
+K = {  # k(λ) derived in docs/theory.md, independently of the code
     "eps": lambda l: np.ones_like(l),
     "x": lambda l: np.exp(-l),
     "v": lambda l: 1 + np.exp(-l),

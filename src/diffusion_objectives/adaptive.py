@@ -1,4 +1,4 @@
-r"""KG23's adaptive noise schedule (KG23 §5 and Appendix; FRAMEWORK §6).
+r"""KG23's adaptive noise schedule (KG23 §5 and Appendix; docs/theory.md, "The adaptive schedule").
 
 The variance of ½ (w/p) ‖ε̂ − ε‖² is smallest when p(λ) ∝ E_{x,ε}[w(λ) ‖ε̂ − ε‖²]. This schedule keeps,
 for ``bins`` equal-width bins of [λ_min, λ_max], a bias-corrected exponential moving average of the

@@ -1,4 +1,4 @@
-r"""The continuous-time ELBO (VDM21, FRAMEWORK §7), per example and per noise level.
+r"""The continuous-time ELBO (VDM21 Eq. (11); docs/theory.md, "The ELBO"), per example and per noise level.
 
     −ELBO(x) = L_prior + L_recon + L_diff                            (VDM21: prior, reconstruction, diffusion loss)
     L_prior  = KL(q(z_{λ_min} | x) ‖ N(0, I))
@@ -83,7 +83,7 @@ class ElboResult:
 
 
 def bin_centres(levels: int, *, dtype: torch.dtype = torch.float64, device=None) -> Tensor:
-    """c_k = −1 + 2k/(K − 1), k = 0 … K − 1 (FRAMEWORK §7)."""
+    """c_k = −1 + 2k/(K − 1), k = 0 … K − 1 (docs/theory.md, "The ELBO")."""
     if int(levels) != levels or levels < 2:
         raise ValueError(f"levels must be an integer ≥ 2, got {levels}")
     return torch.linspace(-1.0, 1.0, int(levels), dtype=dtype, device=device)

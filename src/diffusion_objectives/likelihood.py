@@ -1,4 +1,4 @@
-r"""Exact log-likelihood through the probability-flow ODE in λ (FRAMEWORK §9; Song et al. 2021, score SDEs).
+r"""Exact log-likelihood through the probability-flow ODE in λ (Song et al. 2021; docs/theory.md, "Samplers").
 
 In x̃ = z/α with σ̃ = e^{−λ/2}, the noisy data are x̃ = x + σ̃ ε and the probability-flow ODE is
 dx̃/dσ̃ = ε̂, i.e. dx̃/dλ = −½ e^{−λ/2} ε̂ (EDM22 Eq. 1 with the score −ε̂/σ̃). We integrate the same ODE in

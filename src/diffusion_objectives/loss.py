@@ -1,4 +1,4 @@
-r"""The weighted diffusion loss (KG23 Eq. 7–8, FRAMEWORK §2).
+r"""The weighted diffusion loss (KG23 Eq. 7–8; docs/theory.md, "The weighted loss").
 
     L_w(x) = ½ E_{λ~p, ε~N(0,I)} [ (w(λ)/p(λ)) · k(λ)⁻¹ · ‖out − target‖² ]
            = ½ E_{λ~p, ε} [ (w(λ)/p(λ)) · ‖ε̂ − ε‖² ]

@@ -3,7 +3,7 @@ r"""Gaussian mixtures: data with closed-form density, noisy marginals and optima
 For x ~ Σ_k π_k N(μ_k, Σ_k) and z = α x + σ ε, the noisy marginal is
 Σ_k π_k N(z; α μ_k, α² Σ_k + σ² I), so the score ∇_z log p_λ(z) and the optimal noise prediction
 ε̂*(z; λ) = E[ε | z] = −σ ∇_z log p_λ(z) are closed form (Tweedie). These are the analytic oracles of the
-test-suite (STYLE §4) and the 2-D toy datasets.
+test-suite (closed-form expected values) and the 2-D toy datasets.
 """
 
 from __future__ import annotations

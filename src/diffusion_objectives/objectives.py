@@ -3,8 +3,9 @@ r"""Objectives = (weighting, schedule, parameterization), and the published obje
 The weighting says *what* is optimised, the schedule only how it is estimated (variance), the
 parameterization what the network outputs (KG23 §2–3). Every published preset also carries its
 *published form*, the (sampling density, per-sample loss weight, prediction target) triple of the
-paper it comes from; its weighting is w = 2·p·c·k of that triple (FRAMEWORK §3), and the tests check that
-each preset's weighting equals that derivation with the same constant.
+paper it comes from; its weighting is w = 2·p·c·k of that triple (docs/theory.md, "Converting a
+published loss"), and the tests check that each preset's weighting equals that derivation with the same
+constant.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class PublishedForm:
     citation: str = ""
 
     def weighting(self) -> Weighting:
-        """w(λ) = 2 p_π(λ) c(λ) k(λ) (FRAMEWORK §3)."""
+        """w(λ) = 2 p_π(λ) c(λ) k(λ) (docs/theory.md, "Converting a published loss")."""
         return weightings.from_published(self.density, self.loss_weight, self.parameterization)
 
 

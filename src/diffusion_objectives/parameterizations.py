@@ -1,4 +1,4 @@
-r"""Output parameterizations: what the network predicts (FRAMEWORK §3).
+r"""Output parameterizations: what the network predicts (docs/theory.md, "Parameterizations and k(λ)").
 
 Each is affine in (z, ε̂) at fixed λ, so its squared error is k(λ)·‖ε̂ − ε‖² (VP, x̂ = (z − σ ε̂)/α).
 A parameterization converts a network output to ε̂ and x̂, gives the training target, converts an ε̂
@@ -47,7 +47,7 @@ class Parameterization:
         raise NotImplementedError
 
     def loss_factor(self, logsnr: Tensor) -> Tensor:
-        """k(λ) with ‖out − target‖² = k(λ) ‖ε̂ − ε‖² (FRAMEWORK §3)."""
+        """k(λ) with ‖out − target‖² = k(λ) ‖ε̂ − ε‖² (docs/theory.md, "Parameterizations and k(λ)")."""
         raise NotImplementedError
 
     def params(self) -> dict[str, float]:

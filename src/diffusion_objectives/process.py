@@ -1,4 +1,4 @@
-r"""The variance-preserving forward process in log-SNR coordinates (FRAMEWORK §1).
+r"""The variance-preserving forward process in log-SNR coordinates (KG23 §2; docs/theory.md, "Notation").
 
 :math:`\lambda = \log(\alpha^2/\sigma^2)`, :math:`\alpha^2 = \mathrm{sigmoid}(\lambda)`,
 :math:`\sigma^2 = \mathrm{sigmoid}(-\lambda)`, :math:`z = \alpha x + \sigma \epsilon`.

@@ -1,4 +1,4 @@
-"""Name → constructor tables. Strings become objects here and nowhere else (STYLE: no string dispatch)."""
+"""Name → constructor tables. Strings become objects here and nowhere else (no string dispatch elsewhere)."""
 
 from __future__ import annotations
 

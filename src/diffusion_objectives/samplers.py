@@ -1,4 +1,4 @@
-r"""Samplers in λ: ancestral (DDPM), DDIM, EDM's Heun, DPM-Solver++(2M) (FRAMEWORK §9).
+r"""Samplers in λ: ancestral (DDPM), DDIM, EDM's Heun, DPM-Solver++(2M) (docs/theory.md, "Samplers").
 
 Every sampler is a pure function ``f(model, parameterization, noise, logsnrs, ...)``: ``noise`` ``[B, ...]``
 is standard normal, ``logsnrs`` ``[N]`` the increasing λ-grid from noise to data. The chain starts at

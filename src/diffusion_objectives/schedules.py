@@ -1,4 +1,4 @@
-r"""Noise schedules: distributions p(λ) over log-SNR used to *sample* noise levels (FRAMEWORK §4).
+r"""Noise schedules: distributions p(λ) over log-SNR used to *sample* noise levels (docs/theory.md, "Schedules").
 
 KG23 §3: the schedule is an importance-sampling distribution. It changes the variance of the loss
 estimator, never the objective (which is the weighting alone, see :mod:`weightings`).
@@ -11,7 +11,7 @@ strictly decreasing function (the base schedule's time, or a survival function) 
            p(\lambda) = -\frac{dt}{d\lambda} = \frac{-g'(\lambda - s)}{Z},
 
 with :math:`t = 0` at the data end (λ_max) and :math:`t = 1` at the noise end (λ_min), and ``s`` the
-resolution shift that translates p(λ) along λ (FRAMEWORK §4, last item). Sampling draws
+resolution shift that translates p(λ) along λ (docs/theory.md, "Schedules"). Sampling draws
 :math:`t \sim U(0, 1)` and returns :math:`\lambda(t)`. All arithmetic is done in float64 and cast back,
 so the maps stay accurate in the tails; the result keeps the input's dtype (and autograd graph).
 """
@@ -141,7 +141,7 @@ class Schedule:
 class Cosine(Schedule):
     r"""Cosine schedule (Nichol & Dhariwal 2021), truncated: :math:`g(\lambda) = \arctan e^{-\lambda/2}`,
     so :math:`\lambda(t) = -2\log\tan(a_{min} + t(a_{max}-a_{min}))` and
-    :math:`p(\lambda) = \mathrm{sech}(\lambda/2) / (4(a_{max}-a_{min}))` (FRAMEWORK §4).
+    :math:`p(\lambda) = \mathrm{sech}(\lambda/2) / (4(a_{max}-a_{min}))` (derived; docs/theory.md, "Schedules").
     With ``shift`` s this is simple diffusion's shifted cosine, :math:`\lambda(t) = \lambda_{cos}(t) + s`."""
 
     name = "cosine"
@@ -237,7 +237,7 @@ class NormalLogSNR(_Symmetric):
     r"""λ ~ N(mean, std²) truncated to the endpoints.
 
     EDM's log-normal σ (ln σ_VE ~ N(P_mean, P_std²)) is mean = −2 P_mean, std = 2 P_std; SD3's
-    logit-normal t (logit t_RF ~ N(m, s²)) is mean = −2m, std = 2s (FRAMEWORK §4, derived)."""
+    logit-normal t (logit t_RF ~ N(m, s²)) is mean = −2m, std = 2s (derived; docs/theory.md, "Schedules")."""
 
     name = "normal-logsnr"
     _std_cdf, _std_pdf, _std_ppf = staticmethod(_ndtr), staticmethod(_std_normal_pdf), staticmethod(_std_normal_ppf)
@@ -385,7 +385,7 @@ class SplitLogNormal(_TailAccurate):
 
 class Flow(Schedule):
     r"""Rectified flow with uniform :math:`t_{RF}`: :math:`t_{RF} = \mathrm{sigmoid}(-\lambda/2)`,
-    :math:`p(\lambda) = \tfrac18\mathrm{sech}^2(\lambda/4)` before truncation (FRAMEWORK §4, derived)."""
+    :math:`p(\lambda) = \tfrac18\mathrm{sech}^2(\lambda/4)` before truncation (derived; docs/theory.md, "Schedules")."""
 
     name = "flow"
 

@@ -1,4 +1,4 @@
-r"""KG23's main theorem as numbers: the weighted loss as an integral of ELBOs (KG23 §4, FRAMEWORK §8).
+r"""KG23's main theorem as numbers: the weighted loss as an integral of ELBOs (KG23 §4; docs/theory.md, "The theorem").
 
 With L(λ) the negative ELBO of data perturbed to level λ (plus a model-independent constant),
 dL/dλ = ½ ℓ(λ), where ℓ(λ) = E_ε‖ε̂(z_λ; λ) − ε‖² is the per-level loss curve (VDM21). Integrating
@@ -44,7 +44,7 @@ class AugmentationDensity:
 
 def augmentation_density(weighting: Weighting, logsnr: Tensor, logsnr_min: float,
                          logsnr_max: float) -> AugmentationDensity:
-    """The noise-augmentation distribution implied by a monotone weighting (FRAMEWORK §8).
+    """The noise-augmentation distribution implied by a monotone weighting (KG23 §4; docs/theory.md, "The theorem").
 
     Raises :class:`~diffusion_objectives.errors.OptionError` if ``weighting`` is not non-increasing on
     [logsnr_min, logsnr_max]: its p_w would take negative values (a signed combination of ELBOs)."""

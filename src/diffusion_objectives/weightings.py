@@ -1,10 +1,11 @@
-r"""Weighting functions w(λ): the weighting alone defines a diffusion objective (KG23 §2, FRAMEWORK §5).
+r"""Weighting functions w(λ): the weighting alone defines a diffusion objective (KG23 §2; docs/objectives.md).
 
     L_w(x) = ½ ∫ w(λ) E_ε‖ε̂(z_λ; λ) − ε‖² dλ                                       (KG23 Eq. 7)
 
 Every weighting can be translated along λ by ``shift`` s: w_s(λ) = w(λ − s) (resolution shifts,
-FRAMEWORK §4–5). Constants are the exact ones obtained from each published loss through
-w = 2·p·c·k (FRAMEWORK §3), with p the *untruncated* published density; see :func:`from_published`.
+docs/theory.md, "Schedules"). Constants are the exact ones obtained from each published loss through
+w = 2·p·c·k (docs/theory.md, "Converting a published loss"), with p the *untruncated* published
+density; see :func:`from_published`.
 Functions are written with ``logsigmoid``/``logaddexp`` so that values and gradients stay finite on
 [λ_min, λ_max] in float32 and float64.
 """
@@ -88,7 +89,7 @@ class Weighting:
         """True if w is non-increasing on [logsnr_min, logsnr_max] (checked on a dense float64 grid).
 
         Monotone weightings are exactly those for which L_w is an ELBO of noise-augmented data
-        (KG23 §4, FRAMEWORK §8)."""
+        (KG23 §4; docs/theory.md, "The theorem")."""
         grid = torch.linspace(logsnr_min, logsnr_max, points, dtype=torch.float64)
         w = self(grid)
         return bool(torch.all(w[1:] <= w[:-1] * (1 + rtol) + 1e-300))
@@ -129,7 +130,7 @@ class Sigmoid(Weighting):
 class EDM(Weighting):
     r"""EDM22's loss as a weighting (σ_d = sigma_data, ln σ_VE ~ N(p_mean, p_std²), F-target):
     :math:`w = 2\,N(\lambda; -2P_{mean}, 4P_{std}^2)\,(e^{-\lambda} + \sigma_d^2)/\sigma_d^2`;
-    with the defaults, exactly 8 N(λ; 2.4, 2.4²)(e^{−λ} + 0.25) (FRAMEWORK §5)."""
+    with the defaults, exactly 8 N(λ; 2.4, 2.4²)(e^{−λ} + 0.25) (docs/theory.md, "Converting a published loss")."""
 
     name, formula = "edm", "w = 2 N(λ; −2 P_mean, 4 P_std²)(e^{−λ} + σ_d²)/σ_d²"
 
@@ -321,9 +322,10 @@ class DDPM(Weighting):
 
 class Published(Weighting):
     r"""w(λ) = 2 · p_π(λ) · c(λ) · k(λ) from a published loss :math:`E_{t\sim\pi}[c\,\|\hat y - y\|^2]`
-    (FRAMEWORK §3): ``density`` p_π is a schedule (its λ-density), ``loss_weight`` c is a callable of λ
-    (compose with ``schedule.t`` or :func:`~diffusion_objectives.process.sigma_ve` to express it in the
-    paper's variable) and ``parameterization`` supplies k(λ) of the prediction target."""
+    (docs/theory.md, "Converting a published loss"): ``density`` p_π is a schedule (its λ-density),
+    ``loss_weight`` c is a callable of λ (compose with ``schedule.t`` or
+    :func:`~diffusion_objectives.process.sigma_ve` to express it in the paper's variable) and
+    ``parameterization`` supplies k(λ) of the prediction target."""
 
     name, formula = "published", "w = 2 p_π(λ) c(λ) k(λ)"
 

@@ -1,4 +1,4 @@
-"""Datasets (FRAMEWORK §7: images know their number of grey levels K) and batching helpers.
+"""Datasets (images know their number of grey levels K) and batching helpers.
 
 ``get(name, **params)`` returns a :class:`Dataset`; nothing is ever downloaded. Names:
 

@@ -1,7 +1,7 @@
-r"""The one dataset type, and the map between K grey levels and [−1, 1] (FRAMEWORK §1, §7).
+r"""The one dataset type, and the map between K grey levels and [−1, 1] (docs/theory.md, "Notation" and "The ELBO").
 
 Grey level k ∈ {0, …, K−1} is stored as the bin centre :math:`x = -1 + 2k/(K-1)`, so the K levels
-span [−1, 1] with spacing 2/(K−1): the discrete likelihood of FRAMEWORK §7 puts one bin on each.
+span [−1, 1] with spacing 2/(K−1): the discrete likelihood of VDM21 (docs/theory.md, "The ELBO") puts one bin on each.
 """
 
 from __future__ import annotations

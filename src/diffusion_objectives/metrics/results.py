@@ -1,4 +1,4 @@
-"""Recorded FD results: the value together with everything needed to compare it (STYLE: results carry
+"""Recorded FD results: the value together with everything needed to compare it (results carry
 their provenance). An Inception FID from fewer than 50,000 samples is allowed, but its label says so."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The interface every network implements: ``net(z, logsnr, labels=None)`` → a tensor of z's shape.
 
 A network never sees a schedule, a weighting or a parameterization: what its output means (ε̂, x̂, v̂, F,
-...) is decided by the parameterization that wraps it (STYLE: the network never sees schedules).
+...) is decided by the parameterization that wraps it (docs/networks.md: the network never sees a schedule).
 """
 
 from __future__ import annotations

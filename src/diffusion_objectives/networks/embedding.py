@@ -1,13 +1,13 @@
 r"""What a network is told about the noise level and the class.
 
 The network's noise input is :math:`c_{noise} = -\lambda/8`, which equals EDM's
-:math:`c_{noise} = \tfrac14 \ln \sigma_{VE}` (σ_VE = e^{−λ/2}, FRAMEWORK §1): a moderate range
+:math:`c_{noise} = \tfrac14 \ln \sigma_{VE}` (σ_VE = e^{−λ/2}, docs/theory.md, "Notation"): a moderate range
 (±1.9 on the default λ ∈ [−15, 15]) whatever the schedule, and the same input EDM's networks get.
 It is embedded with sinusoids: deterministic geometric frequencies (:class:`PositionalEmbedding`, ADM/EDM
 U-Nets) or random Gaussian frequencies (:class:`FourierEmbedding`, Tancik et al. 2020; the MLP).
 
 Class conditioning has ``num_classes + 1`` embeddings; the last one, index ``null_label = num_classes``,
-is the unconditional "null" class used by classifier-free guidance (FRAMEWORK §9).
+is the unconditional "null" class used by classifier-free guidance (Ho & Salimans 2022; docs/theory.md, "Samplers").
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Training: typed configs and presets, the training loop, atomic checkpoints, distributed helpers.
 
-``train(config, run_dir)`` is the one training function (STYLE §6); ``resolve(preset, ...)`` assembles a
+``train(config, run_dir)`` is the one training function; ``resolve(preset, ...)`` assembles a
 config; ``load_for_inference(run_or_checkpoint)`` gives back a trained model, its objective and data.
 See docs/training.md.
 """

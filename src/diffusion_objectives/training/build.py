@@ -1,6 +1,6 @@
 """From config sections to objects: the objective, the dataset and the network.
 
-Strings become objects only through the registries (STYLE: no string dispatch in the math).
+Strings become objects only through the registries (:mod:`diffusion_objectives.registry`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Typed training configuration: dataclasses, named presets, YAML, ``--set`` overrides and resume diffs.
 
-A run is described by one :class:`TrainConfig`. It is resolved EDM2-style (STYLE §6): a named preset
+A run is described by one :class:`TrainConfig`. It is resolved as in EDM2's ``train_edm2.py``: a named preset
 (:data:`PRESETS`), then an optional YAML file, then the command-line flags, then ``--set KEY=VALUE``
 overrides, each replacing fields of the previous. Unknown keys and values of the wrong type are
 :class:`~diffusion_objectives.errors.OptionError` naming the key. Units are in the field names:
@@ -90,8 +90,8 @@ class NetworkConfig:
 
 @dataclass
 class AdaptiveConfig:
-    """KG23's adaptive schedule (FRAMEWORK §6): ``bins`` equal-width bins, EMA ``decay`` per step,
-    uniform mixing ``floor``. Replaces the objective's schedule and keeps its endpoints."""
+    """KG23's adaptive schedule (docs/theory.md, "The adaptive schedule"): ``bins`` equal-width bins,
+    EMA ``decay`` per step, uniform mixing ``floor``. Replaces the objective's schedule and keeps its endpoints."""
 
     enabled: bool = False
     bins: int = 100

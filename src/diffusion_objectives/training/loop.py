@@ -1,4 +1,4 @@
-r"""The training loop: one explicit function, :func:`train` (STYLE §6, after EDM2's ``training_loop``).
+r"""The training loop: one explicit function, :func:`train` (after EDM2's ``training_loop``).
 
 Per optimizer step (all counts in images unless they say steps):
 
@@ -11,8 +11,8 @@ Per optimizer step (all counts in images unless they say steps):
 3. the loss ½ (w(λ)/p(λ)) ‖ε̂ − ε‖² (KG23 Eq. 8, :class:`~diffusion_objectives.WeightedLoss`), averaged
    over the global batch (DDP averages the per-rank means);
 4. one all-reduce of [non-finite count, stop request, loss sums per λ-bin, adaptive-schedule sums and
-   counts], so every rank takes the same decision (update, skip, stop) and the adaptive schedule (FRAMEWORK
-   §6) holds the same state everywhere;
+   counts], so every rank takes the same decision (update, skip, stop) and the adaptive schedule (docs/theory.md,
+   "The adaptive schedule") holds the same state everywhere;
 5. AdamW with linear warm-up over ``warmup_images`` (and optional 1/√ decay), gradient clipping, and an
    EMA of the weights with β = 0.5^(B / half-life) (half-life in images).
 

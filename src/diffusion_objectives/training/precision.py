@@ -1,7 +1,7 @@
 """Training precision: ``run.precision`` = ``auto``, ``fp32`` or ``bf16`` (bf16 autocast of the forward pass).
 
-bf16 autocast only pays where the hardware computes in bf16. Measured on CPUs (benchmarks/README.md §6 and
-issue 14): 1.3–1.8× faster training with AMX / AVX512-BF16, but 10–20× *slower* on a CPU without native bf16
+bf16 autocast only pays where the hardware computes in bf16. Measured on CPUs (benchmarks/README.md §6):
+1.3–1.8× faster training with AMX / AVX512-BF16, but 10–20× *slower* on a CPU without native bf16
 (AVX2 only: a 64-channel 3×3 convolution, forward and backward at batch 64 and 28×28, took 15.2 s instead of
 1.48 s; a 512×512 linear layer 10.6 s instead of 0.57 s). So ``auto`` chooses bf16 only on
 
