@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -95,6 +96,10 @@ def session(device: str = "auto", timeout_s: float = 600.0) -> Iterator[Dist]:
     else:
         dist.barrier()
     finally:
+        # DDP's reducer sits in reference cycles that keep the process group (and gloo's threads) alive past
+        # destroy_process_group; collected only at interpreter exit, a rank that leaves early (the others
+        # still evaluating) could abort there ("terminate called without an active exception").
+        gc.collect()
         dist.destroy_process_group()
 
 
