@@ -78,13 +78,26 @@ def test_changed_evaluation_protocol_re_evaluates_without_retraining(finished):
 
 @pytest.mark.parametrize("entry,message", [
     ("nope", "unknown objective 'nope'"),
-    ("sigmoid+fast", "only suffix is '+adaptive'"),
+    ("sigmoid+fast", "the suffixes are +adaptive, +uncertainty, each at most once"),
+    ("sigmoid+adaptive+adaptive", "each at most once"),
     ("sigmoid:bias=x", "KEY=NUMBER"),
     ("sigmoid:colour=1", "unknown parameter"),
 ])
 def test_bad_grid_entries(entry, message):
     with pytest.raises(OptionError, match=re.escape(message)):
         S.parse_entry(entry)
+
+
+def test_parse_entry_suffixes_set_the_adaptive_schedule_and_the_uncertainty_head():
+    both = S.parse_entry("edm-monotonic+uncertainty+adaptive")
+    assert both == S.parse_entry("edm-monotonic+adaptive+uncertainty")
+    assert both.label == "edm-monotonic+adaptive+uncertainty" and both.slug == "edm-monotonic_adaptive_uncertainty"
+    assert both.overrides() == ["loss.adaptive.enabled=true", "loss.uncertainty.enabled=true"]
+    cfg = S.run_config(S.study_preset("adaptive"), both, 1)
+    assert cfg.loss.adaptive.enabled and cfg.loss.uncertainty.enabled and cfg.seed == 1
+    only = S.parse_entry("sigmoid:bias=2+uncertainty")
+    assert (only.adaptive, only.uncertainty, only.label) == (False, True, "sigmoid:bias=2+uncertainty")
+    assert not S.run_config(S.study_preset("adaptive"), S.parse_entry("sigmoid"), 0).loss.uncertainty.enabled
 
 
 def test_parse_entry_and_monotonicity():

@@ -1,11 +1,11 @@
 """KG23's study as one function: a grid of objectives × seeds under equal compute, evaluated alike.
 
-Each grid entry is ``NAME[:key=value,...][+adaptive]``: an objective preset of
-:mod:`diffusion_objectives.objectives`, optional weighting parameters (``sigmoid:bias=-2``) and the
-adaptive schedule (KG23 §5). Every (entry, seed) is a normal training run directory under
-``OUT/runs/<entry>/seed-<seed>/``, trained by :func:`diffusion_objectives.training.train` with the same
-network, data, steps, batch, optimizer and EMA, then evaluated by
-:func:`diffusion_objectives.evaluation.evaluate` with one protocol; its result goes to ``eval.json``
+Each grid entry is ``NAME[:key=value,...][+adaptive][+uncertainty]``: an objective preset of
+:mod:`diffusion_objectives.objectives`, optional weighting parameters (``sigmoid:bias=-2``), the
+adaptive schedule (KG23 §5) and EDM2's learned uncertainty weighting (:mod:`.uncertainty`). Every (entry,
+seed) is a normal training run directory under ``OUT/runs/<entry>/seed-<seed>/``, trained by
+:func:`diffusion_objectives.training.train` with the same network, data, steps, batch, optimizer and EMA, then
+evaluated by :func:`diffusion_objectives.evaluation.evaluate` with one protocol; its result goes to ``eval.json``
 beside it. Finished runs with an up-to-date evaluation are reused and interrupted ones resume, so
 rerunning the same command continues where it stopped. :mod:`.report` turns the results into
 ``report.md`` and ``results.json``.
@@ -43,16 +43,19 @@ __all__ = ["GridEntry", "EvalProtocol", "StudyConfig", "STUDY_PRESETS", "RunTask
 
 @dataclass(frozen=True)
 class GridEntry:
-    """One objective of the grid: preset ``objective``, weighting parameters, adaptive schedule or not."""
+    """One objective of the grid: preset ``objective``, weighting parameters, adaptive schedule or not,
+    learned uncertainty weighting or not."""
 
     objective: str
     weighting_params: tuple[tuple[str, float], ...] = ()
     adaptive: bool = False
+    uncertainty: bool = False
 
     @property
     def label(self) -> str:
         params = ",".join(f"{k}={v:g}" for k, v in self.weighting_params)
-        return self.objective + (f":{params}" if params else "") + ("+adaptive" if self.adaptive else "")
+        return (self.objective + (f":{params}" if params else "") + ("+adaptive" if self.adaptive else "")
+                + ("+uncertainty" if self.uncertainty else ""))
 
     @property
     def slug(self) -> str:
@@ -71,16 +74,24 @@ class GridEntry:
         out = [f"loss.weighting.{k}={v!r}" for k, v in self.weighting_params]
         if self.adaptive:
             out.append("loss.adaptive.enabled=true")
+        if self.uncertainty:
+            out.append("loss.uncertainty.enabled=true")
         return out
 
 
+_SUFFIXES = ("adaptive", "uncertainty")
+
+
 def parse_entry(text: str) -> GridEntry:
-    """``"sigmoid:bias=-2+adaptive"`` → :class:`GridEntry` (errors name the entry and the choices)."""
+    """``"sigmoid:bias=-2+adaptive+uncertainty"`` → :class:`GridEntry` (errors name the entry and the
+    choices)."""
     if not text.strip():
-        raise OptionError("empty grid entry: give NAME[:key=value,...][+adaptive]")
-    body, plus, suffix = text.strip().partition("+")
-    if plus and suffix != "adaptive":
-        raise OptionError(f"grid entry {text!r}: the only suffix is '+adaptive'")
+        raise OptionError("empty grid entry: give NAME[:key=value,...][+adaptive][+uncertainty]")
+    body, *suffixes = text.strip().split("+")
+    unknown = [f for f in suffixes if f not in _SUFFIXES]
+    if unknown or len(set(suffixes)) != len(suffixes):
+        raise OptionError(f"grid entry {text!r}: the suffixes are {', '.join('+' + f for f in _SUFFIXES)}, "
+                          "each at most once")
     name, _, params_text = body.partition(":")
     if name not in objectives.REGISTRY:
         raise OptionError(f"grid entry {text!r}: unknown objective {name!r}; choose from: "
@@ -96,7 +107,7 @@ def parse_entry(text: str) -> GridEntry:
             raise OptionError(f"grid entry {text!r}: expected KEY=NUMBER, got {item!r}")
         if not math.isfinite(params[-1][1]):
             raise OptionError(f"grid entry {text!r}: {key} must be a finite number, got {value!r}")
-    entry = GridEntry(name, tuple(params), bool(plus))
+    entry = GridEntry(name, tuple(params), "adaptive" in suffixes, "uncertainty" in suffixes)
     entry.weighting()  # validates the parameters against the weighting's registry entry
     return entry
 
@@ -141,14 +152,22 @@ DEFAULT_GRID = ["elbo", "iddpm", "edm", "v-cosine", "flow-matching", "sigmoid:bi
                 "edm-monotonic+adaptive"]
 
 
+# KG23's adaptive proposal against EDM2's learned weighting (issue 13, item 5): for each base weighting, neither,
+# either and both; plus the Laplace (Hang et al. 2024) and logit-normal (SD3) objectives as published
+ADAPTIVE_GRID = [base + variant for base in ("sigmoid:bias=2", "edm-monotonic")
+                 for variant in ("", "+adaptive", "+uncertainty", "+adaptive+uncertainty")] + ["laplace", "sd3"]
+
+_TOY_OVERRIDES = ["data.name=anisotropic", "network.params.hidden=128", "network.params.depth=3",
+                  "optim.lr=2e-3", "optim.warmup_images=50000", "ema.half_life_images=100000",
+                  "run.checkpoint_every=0", "run.sample_every=0", "run.log_every=50", "run.precision=fp32"]
+
+
 def _default() -> StudyConfig:
     # fp32 on every machine: the 75k-parameter MLP gains nothing from bf16 autocast (measured 122 vs 129
     # steps/s on an avx512_bf16 CPU), and the study compares objectives to a hundredth of a nat.
     return StudyConfig(
         preset="toy2d",
-        overrides=["data.name=anisotropic", "network.params.hidden=128", "network.params.depth=3",
-                   "optim.lr=2e-3", "optim.warmup_images=50000", "ema.half_life_images=100000",
-                   "run.checkpoint_every=0", "run.sample_every=0", "run.log_every=50", "run.precision=fp32"],
+        overrides=list(_TOY_OVERRIDES),
         steps=1500, batch_size=256, grid=list(DEFAULT_GRID), seeds=[0, 1, 2],
         evaluation=EvalProtocol(metrics=["toy", "bpd", "loss-std"], n=2000, sampler="heun", steps=32,
                                 n_elbo=512, elbo_samples=32),
@@ -164,6 +183,32 @@ def _digits() -> StudyConfig:
         evaluation=EvalProtocol(metrics=["fd", "kid", "coverage", "bpd", "loss-std"], n=1000, sampler="heun",
                                 steps=32, n_elbo=256, elbo_samples=32),
         jobs=2, threads=1, description="8×8 digits, the digits U-Net, 3000 steps of 128 (about an hour on 2 CPU cores)")
+
+
+def _adaptive() -> StudyConfig:
+    study = _default()
+    study.overrides.append("loss.log_bins=30")  # the effective weighting is logged on these bins
+    study.grid = list(ADAPTIVE_GRID)
+    study.description = ("KG23's adaptive schedule (`+adaptive`) vs EDM2's learned uncertainty weighting "
+                         "(`+uncertainty`) on the 2-D anisotropic two-Gaussian mixture, 3 × 128 residual MLP, "
+                         "1500 steps of 256, 3 seeds")
+    return study
+
+
+def _adaptive_digits() -> StudyConfig:
+    study = _digits()
+    study.overrides = ["run.checkpoint_every=500", "run.sample_every=0", "run.precision=fp32", "loss.log_bins=30"]
+    study.steps, study.batch_size, study.seeds = ADAPTIVE_DIGITS_STEPS, 128, [0, 1, 2]
+    study.grid = list(ADAPTIVE_GRID)
+    study.evaluation = EvalProtocol(metrics=["fd", "kid", "coverage", "bpd", "loss-std"], n=500, sampler="heun",
+                                    steps=32, n_elbo=256, elbo_samples=16)
+    study.description = ("KG23's adaptive schedule (`+adaptive`) vs EDM2's learned uncertainty weighting "
+                         f"(`+uncertainty`) on 8×8 digits, the digits U-Net, {ADAPTIVE_DIGITS_STEPS} steps of 128, "
+                         "3 seeds (sized for about 25 minutes on 2 CPU cores)")
+    return study
+
+
+ADAPTIVE_DIGITS_STEPS = 600
 
 
 def _fashion() -> StudyConfig:
@@ -191,6 +236,7 @@ def _imagenet64() -> StudyConfig:
 
 STUDY_PRESETS: dict[str, Callable[[], StudyConfig]] = {
     "default": _default, "digits": _digits, "fashion-mnist": _fashion, "imagenet64": _imagenet64,
+    "adaptive": _adaptive, "adaptive-digits": _adaptive_digits,
 }
 
 
@@ -358,7 +404,8 @@ def _evaluate(study: StudyConfig, task: RunTask, cfg: TrainConfig, summary: dict
     entry = task.entry
     record = {
         "entry": entry.label, "objective": entry.objective, "weighting_params": dict(entry.weighting_params),
-        "adaptive": entry.adaptive, "monotone": entry.is_monotonic(), "seed": task.seed,
+        "adaptive": entry.adaptive, "uncertainty": entry.uncertainty, "monotone": entry.is_monotonic(),
+        "seed": task.seed,
         "run_dir": str(task.run_dir), "checkpoint": summary.get("checkpoint"), "protocol": _protocol_key(study),
         "network": f"{cfg.network.name} {cfg.network.params} "
                    f"({sum(q.numel() for q in loaded.model.parameters()) / 1e6:.3f}M parameters)",
