@@ -76,7 +76,8 @@ def primary_metric(summary_rows: list[dict[str, Any]]) -> str:
 
 
 def summarise(entries, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per grid entry: monotone or not, and mean ± SE over seeds of every scalar metric."""
+    """Per grid entry: monotone or not (``None`` for a ``+uncertainty`` entry: its effective weighting is learned,
+    whatever the base w), and mean ± SE over seeds of every scalar metric."""
     rows = []
     for e in entries:
         mine = [r for r in records if r["entry"] == e.label]
@@ -84,7 +85,8 @@ def summarise(entries, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         keys = sorted(set().union(*scalars)) if scalars else []
         rows.append({
             "entry": e.label, "objective": e.objective, "adaptive": e.adaptive,
-            "uncertainty": getattr(e, "uncertainty", False), "monotone": e.is_monotonic(),
+            "uncertainty": getattr(e, "uncertainty", False),
+            "monotone": None if getattr(e, "uncertainty", False) else e.is_monotonic(),
             "base": replace(e, adaptive=False, uncertainty=False).label if hasattr(e, "uncertainty") else e.label,
             "seeds": [r["seed"] for r in mine],
             "metrics": {k: _mean_se([s[k] for s in scalars if k in s]) for k in keys},
@@ -142,7 +144,7 @@ def format_cell(stat: dict[str, Any] | None) -> str:
 def _table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     present = [c for c in COLUMNS if any(c[0] in r["metrics"] for r in rows)]
     head = ["objective", "monotone", "seeds"] + [h for _, h, _ in present]
-    body = [[r["entry"], "yes" if r["monotone"] else "no", str(len(r["seeds"]))]
+    body = [[r["entry"], {True: "yes", False: "no", None: "learned"}[r["monotone"]], str(len(r["seeds"]))]
             + [format_cell(r["metrics"].get(k)) for k, _, _ in present] for r in rows]
     return head, body
 
@@ -216,12 +218,12 @@ def _plots(entries, rows, records, out: Path) -> dict[str, str]:
         xs = [i for i, r in enumerate(rows) if key in r["metrics"]]
         ys = [rows[i]["metrics"][key]["mean"] for i in xs]
         es = [rows[i]["metrics"][key]["se"] or 0.0 for i in xs]
-        colors = ["tab:blue" if rows[i]["monotone"] else "tab:red" for i in xs]
+        colors = [{True: "tab:blue", False: "tab:red", None: "tab:gray"}[rows[i]["monotone"]] for i in xs]
         ax.bar(xs, ys, yerr=es, color=colors, capsize=3)
         ax.set_ylabel(head, fontsize=8)
         ax.set_xticks(range(len(rows)))
         ax.set_xticklabels([r["entry"] for r in rows], rotation=35, ha="right", fontsize=7)
-    axes[0, 0].set_title("metrics (mean ± SE over seeds; blue: monotone, red: non-monotone)")
+    axes[0, 0].set_title("metrics (mean ± SE over seeds; blue: monotone, red: non-monotone, gray: learned)")
     fig.tight_layout()
     fig.savefig(out / "metrics.png", dpi=110)
     plt.close(fig)
@@ -413,6 +415,15 @@ def _span(values: list[float], digits: int = 4) -> str:
     return f"{lo:.{digits}f}" if f"{lo:.{digits}f}" == f"{hi:.{digits}f}" else f"{lo:.{digits}f}–{hi:.{digits}f}"
 
 
+def _effect_sentence(v: dict[str, Any]) -> str:
+    """One line per variant and metric (all the report's compared metrics are lower-is-better)."""
+    head = f"`{v['entry']}` vs `{v['base']}` on {v['metric']}: {v['difference']:+.4g}"
+    if v["z"] is None:
+        return head + " (one seed: no standard error)"
+    word = ("better" if v["z"] <= -2 else "worse" if v["z"] >= 2 else "indistinguishable from the base")
+    return head + f" ± {v['se']:.2g} (z = {v['z']:+.1f}): {word}"
+
+
 def _variant_section(results: dict[str, Any]) -> list[str]:
     """The ``+adaptive``/``+uncertainty`` entries against their base entry, and where the learned weighting
     moved the objective (only in studies with such entries)."""
@@ -426,6 +437,8 @@ def _variant_section(results: dict[str, Any]) -> list[str]:
              "metrics a negative difference means the variant is better. |z| < 2: not distinguishable from seed "
              "noise at this number of seeds.", "",
              _markdown_table(["variant", "base", "metric", "difference", "SE", "z"], body), ""]
+    lines += [f"- {_effect_sentence(v)}" for v in results["variant_effects"] if v["metric"] != "loss_rel_std"]
+    lines += [""]
     if results.get("weighting_shift"):
         lines += ["### Did the learned weighting move the objective?", "",
                   "EDM2's head learns e^u ≈ E[ℓ_w | λ]/D, so the network trains on w_eff = w e^{−u} "

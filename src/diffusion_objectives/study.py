@@ -197,7 +197,7 @@ def _adaptive() -> StudyConfig:
 
 def _adaptive_digits() -> StudyConfig:
     study = _digits()
-    study.overrides = ["run.checkpoint_every=500", "run.sample_every=0", "run.precision=fp32", "loss.log_bins=30"]
+    study.overrides = ["run.checkpoint_every=250", "run.sample_every=0", "run.precision=fp32", "loss.log_bins=30"]
     study.steps, study.batch_size, study.seeds = ADAPTIVE_DIGITS_STEPS, 128, [0, 1, 2]
     study.grid = list(ADAPTIVE_GRID)
     study.evaluation = EvalProtocol(metrics=["fd", "kid", "coverage", "bpd", "loss-std"], n=500, sampler="heun",
@@ -208,7 +208,7 @@ def _adaptive_digits() -> StudyConfig:
     return study
 
 
-ADAPTIVE_DIGITS_STEPS = 600
+ADAPTIVE_DIGITS_STEPS = 500
 
 
 def _fashion() -> StudyConfig:
