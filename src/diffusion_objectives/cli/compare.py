@@ -180,7 +180,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    + " (default: default)")
     p.add_argument("--config", help="YAML file with StudyConfig fields (preset, overrides, steps, batch_size, "
                    "grid, seeds, evaluation, jobs, threads)")
-    p.add_argument("--grid", help="comma-separated entries NAME[:key=value...][+adaptive]")
+    p.add_argument("--grid", help="comma-separated entries NAME[:key=value...][+adaptive][+uncertainty]")
     p.add_argument("--seeds", help="seeds, e.g. 0-2 or 0,3")
     p.add_argument("--steps", type=int, help="training steps per run")
     p.add_argument("--batch-size", type=int, help="batch size per run")
