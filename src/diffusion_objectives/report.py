@@ -386,6 +386,8 @@ def write_report(study, entries, records: list[dict[str, Any]], out: str | Path,
         "eval_seconds_total": sum(float(r.get("eval_seconds") or 0.0) for r in records),
         "study": asdict(study), "summary": rows, "verdict": verdict(rows), "runs": records,
     }
+    if any(r.get("ema_sweep") for r in records):
+        results["ema_sweep"] = ema_sweep_summary(entries, records, primary_metric(rows))
     if any(r.get("uncertainty") or r.get("adaptive") for r in rows):
         results["variant_effects"] = [v for key in (primary_metric(rows), "bpd", "loss_rel_std")
                                       for v in variant_effects(rows, key)]
@@ -422,6 +424,38 @@ def _effect_sentence(v: dict[str, Any]) -> str:
         return head + " (one seed: no standard error)"
     word = ("better" if v["z"] <= -2 else "worse" if v["z"] >= 2 else "indistinguishable from the base")
     return head + f" ± {v['se']:.2g} (z = {v['z']:+.1f}): {word}"
+
+
+def ema_sweep_summary(entries, records: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """Per entry and swept σ_rel: metric ``key`` (mean ± SE over seeds) of the post-hoc EMA reconstructions, and
+    the largest profile error of the fit."""
+    out = []
+    for e in entries:
+        mine = [r for r in records if r["entry"] == e.label and r.get("ema_sweep")]
+        for sigma in (mine[0]["ema_sweep"] if mine else {}):
+            values = [extract({"result": r["ema_sweep"][sigma]["result"]}).get(key) for r in mine]
+            if None in values:
+                continue
+            out.append({"entry": e.label, "sigma_rel": float(sigma), "metric": key, **_mean_se(values),
+                        "profile_error": max(r["ema_sweep"][sigma]["profile_error"] for r in mine)})
+    return out
+
+
+def _ema_sweep_section(results: dict[str, Any]) -> list[str]:
+    sweep = results.get("ema_sweep")
+    if not sweep:
+        return []
+    widths = sorted({s["sigma_rel"] for s in sweep})
+    key = sweep[0]["metric"]
+    cells = {(s["entry"], s["sigma_rel"]): s for s in sweep}
+    own = {r["entry"]: r["metrics"].get(key) for r in results["summary"]}
+    body = [[entry, format_cell(own.get(entry))] + [format_cell(cells.get((entry, w))) for w in widths]
+            for entry in dict.fromkeys(s["entry"] for s in sweep)]
+    return ["", "## EMA width sweep (post-hoc EMA, no retraining)", "",
+            f"{key} (mean ± SE over seeds) of each run's own EMA and of the EMA reconstructed after training at each "
+            "relative width σ_rel from the run's power-function EMA snapshots (EDM2 §3, docs/ema.md; largest "
+            f"profile error of the fits {100 * max(s['profile_error'] for s in sweep):.2g}%).", "",
+            _markdown_table(["objective", "trained EMA"] + [f"σ_rel {w:g}" for w in widths], body), ""]
 
 
 def _variant_section(results: dict[str, Any]) -> list[str]:
@@ -477,6 +511,7 @@ def render_markdown(results: dict[str, Any]) -> str:
                       f"{v['best_vs_worst_z']:.1f} standard errors apart."]
     lines += _toy_scale(results["runs"])
     lines += _variant_section(results)
+    lines += _ema_sweep_section(results)
     lines += [
         "",
         "## Plots",

@@ -21,6 +21,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -31,9 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import evaluation, locking, objectives, report, weightings
+from . import evaluation, locking, objectives, phema, report, weightings
 from .errors import OptionError
-from .training import TrainConfig, distributed, load_for_inference, train
+from .training import TrainConfig, distributed, load_for_inference, posthoc, train
 from .training import config as tconfig
 
 __all__ = ["GridEntry", "EvalProtocol", "StudyConfig", "STUDY_PRESETS", "RunTask", "LocalLauncher",
@@ -131,7 +132,10 @@ class EvalProtocol:
 class StudyConfig:
     """A study: ``preset`` (training preset) plus ``overrides`` (``--set`` strings shared by every run),
     ``steps`` and ``batch_size`` (equal compute), the grid, the seeds, the evaluation protocol and the
-    number of runs trained at once (``jobs``; each run then uses ``threads`` threads)."""
+    number of runs trained at once (``jobs``; each run then uses ``threads`` threads). ``ema_sweep``: relative
+    EMA widths σ_rel at which every run is also evaluated without retraining: the runs track EDM2's post-hoc
+    EMA at :data:`TRACKED_SIGMA_RELS` (16 snapshots per run) and each width is reconstructed from the
+    snapshots (:mod:`.training.posthoc`) and evaluated with the same protocol (but the loss spread)."""
 
     preset: str = "toy2d"
     overrides: list[str] = field(default_factory=list)
@@ -143,6 +147,10 @@ class StudyConfig:
     jobs: int = 2
     threads: int = 1
     description: str = ""
+    ema_sweep: list[float] = field(default_factory=list)
+
+
+TRACKED_SIGMA_RELS = (0.05, 0.10)  # EDM2's two tracked widths
 
 
 _SHOWN = 2000  # samples kept per run for the report's plots
@@ -269,8 +277,10 @@ class RunTask:
 
 def run_config(study: StudyConfig, entry: GridEntry, seed: int) -> TrainConfig:
     """The training config of one run: the study's preset and overrides, the entry's objective, the seed."""
-    return tconfig.resolve(study.preset, objective=entry.objective, steps=study.steps,
-                           batch_size=study.batch_size, seed=seed, overrides=[*study.overrides, *entry.overrides()])
+    tracking = ([f"ema.posthoc_sigma_rels={list(TRACKED_SIGMA_RELS)}",
+                 f"ema.snapshot_every={max(1, study.steps // 16)}"] if study.ema_sweep else [])
+    return tconfig.resolve(study.preset, objective=entry.objective, steps=study.steps, batch_size=study.batch_size,
+                           seed=seed, overrides=[*study.overrides, *tracking, *entry.overrides()])
 
 
 def validate_study(study: StudyConfig) -> list[GridEntry]:
@@ -278,6 +288,10 @@ def validate_study(study: StudyConfig) -> list[GridEntry]:
     duplicate entries, seeds, and that every run's training config resolves (overrides name real keys)."""
     if not study.grid:
         raise OptionError("the grid is empty: give at least one objective")
+    sweep = list(study.ema_sweep)
+    if len(set(sweep)) != len(sweep) or not all(0.0 < float(s) < phema.SIGMA_REL_MAX for s in sweep):
+        raise OptionError(f"ema_sweep must list distinct relative EMA widths in (0, {phema.SIGMA_REL_MAX:.4f}), "
+                          f"got {sweep}")
     entries = [parse_entry(e) for e in study.grid]
     labels = [e.label for e in entries]
     twice = sorted({label for label in labels if labels.count(label) > 1})
@@ -337,7 +351,8 @@ _METRICS_VERSION = 2
 
 
 def _protocol_key(study: StudyConfig) -> dict[str, Any]:
-    return {**asdict(study.evaluation), "metrics_version": _METRICS_VERSION}
+    sweep = {"ema_sweep": list(study.ema_sweep)} if study.ema_sweep else {}
+    return {**asdict(study.evaluation), "metrics_version": _METRICS_VERSION, **sweep}
 
 
 def finished_record(study: StudyConfig, task: RunTask) -> dict[str, Any] | None:
@@ -412,11 +427,30 @@ def _evaluate(study: StudyConfig, task: RunTask, cfg: TrainConfig, summary: dict
         "precision": summary.get("precision"), "train_seconds": train_s, "steps_per_s": summary.get("steps_per_s"),
         "eval_seconds": time.perf_counter() - t1, "final_loss": summary.get("loss"), "result": result,
     }
+    if study.ema_sweep:
+        record["ema_sweep"] = _ema_sweep(study, task, settings)
     record_path = task.run_dir / "eval.json"
     tmp = record_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(record, indent=1))
     os.replace(tmp, record_path)
     return record
+
+
+def _ema_sweep(study: StudyConfig, task: RunTask, settings: evaluation.SampleSettings) -> dict[str, Any]:
+    """``{σ_rel: {profile_error, result}}``: the run evaluated at each width of ``study.ema_sweep``, reconstructed
+    at the last snapshot into a temporary checkpoint (removed afterwards)."""
+    snapshots = phema.read_snapshots(task.run_dir / posthoc.PHEMA_DIR)
+    p = study.evaluation
+    metrics = [m for m in p.metrics if m != "loss-std"]  # the loss spread is the training objective's, not the EMA's
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix=".ema-sweep-", dir=task.run_dir) as tmp:
+        for sigma_rel in study.ema_sweep:
+            path, rec, _ = posthoc.write_checkpoint(task.run_dir, snapshots, sigma_rel, snapshots[-1].step,
+                                                    Path(tmp) / f"{sigma_rel:g}", warn=lambda msg: None)
+            result = evaluation.evaluate(load_for_inference(path), metrics, n=p.n, settings=settings, split=p.split,
+                                         n_elbo=p.n_elbo, elbo_samples=p.elbo_samples)
+            out[f"{sigma_rel:g}"] = {"profile_error": rec.profile_error, "result": result}
+    return out
 
 
 def _worker(study: StudyConfig, task: RunTask) -> dict[str, Any] | None:

@@ -30,7 +30,7 @@ from safetensors.torch import save
 
 from .. import phema
 from ..errors import OptionError
-from ..training import checkpoint as ckpt_io
+from ..training import posthoc
 from ._common import check_output_dir, staged_dir, write_atomic
 
 EXAMPLES = """examples:
@@ -59,19 +59,11 @@ def parse_sigma_rels(text: str) -> list[float]:
     return values
 
 
-def _reconstruct(snapshots: list[phema.Snapshot], sigma_rel: float, step: int) -> tuple[dict, float, list]:
-    """The reconstructed state dict of one width at ``step``, its profile error and the snapshots used."""
-    used = [s for s in snapshots if s.step <= step]
-    gamma = phema.sigma_rel_to_gamma(sigma_rel)
-    steps, gammas = [s.step for s in used], [s.gamma for s in used]
-    error = phema.profile_error(steps, gammas, phema.solve_weights(steps, gammas, step, gamma), step, gamma)
-    return phema.reconstruct(used, sigma_rel, step), error, used
-
-
 def reconstruction_bytes(snapshots: list[phema.Snapshot], sigma_rel: float, step: int) -> tuple[bytes, float, int]:
     """The safetensors file of one reconstructed width, its profile error and the number of snapshots used."""
     gamma = phema.sigma_rel_to_gamma(sigma_rel)
-    state, error, used = _reconstruct(snapshots, sigma_rel, step)
+    rec = posthoc.reconstruct(snapshots, sigma_rel, step)
+    state, error, used = rec.state, rec.profile_error, [s for s in snapshots if s.step <= step]
     first = used[0]
     meta = {"format": RECONSTRUCTION_FORMAT, "kind": "ema", "sigma_rel": repr(sigma_rel), "gamma": repr(gamma),
             "step": str(step), "snapshots": str(len(used)), "profile_error": repr(error), "run": first.run,
@@ -79,44 +71,24 @@ def reconstruction_bytes(snapshots: list[phema.Snapshot], sigma_rel: float, step
     return save({k: v.contiguous() for k, v in state.items()}, metadata=meta), error, len(used)
 
 
-def _run_checkpoint(run_dir: Path, step: int) -> ckpt_io.Checkpoint | None:
-    """The run's checkpoint at ``step``, if it has a readable one."""
-    path = run_dir / "checkpoints" / ckpt_io.checkpoint_name(step)
-    try:
-        return ckpt_io.load(path) if path.is_dir() else None
-    except ckpt_io.CheckpointError:
-        return None
-
-
 def write_checkpoints(run_dir: Path, snapshots: list[phema.Snapshot], sigma_rels: list[float], step: int,
                       stage: Path, out: Path) -> None:
-    """Per σ_rel, ``stage/ema-<sigma_rel>/checkpoints/step-<step>/``: a training checkpoint whose EMA weights are
-    the reconstruction and whose config is the run's (from the snapshots' metadata)."""
-    config = snapshots[0].extra.get("config")
-    if not isinstance(config, dict):
-        raise OptionError(f"the snapshots in {str(run_dir / 'phema')!r} do not record the run's config (written "
-                          "outside training?); pass the phema directory itself to get bare weight files")
-    source = _run_checkpoint(run_dir, step)
-    batch = int(config.get("run", {}).get("batch_size", 0))
+    """Per σ_rel, ``stage/ema-<sigma_rel>/checkpoints/step-<step>/`` (:func:`.training.posthoc.write_checkpoint`)."""
     for sigma_rel in sigma_rels:
-        state, error, used = _reconstruct(snapshots, sigma_rel, step)
-        train_state = {"step": step, "images_seen": source.state.get("images_seen") if source else step * batch,
-                       "adaptive": source.state.get("adaptive") if source else None,
-                       "posthoc_ema": {"sigma_rel": sigma_rel, "profile_error": error, "snapshots": len(used)}}
         name = f"ema-{sigma_rel:.6g}"
-        ckpt_io.save(stage / name / "checkpoints", step, model=source.model if source else state, ema=state,
-                     state=train_state, config=config, keep=1, warn=print)
-        print(f"sigma_rel {sigma_rel:.6g} at step {step}: {len(used)} snapshots, profile error {100 * error:.3f}% "
-              f"-> {out / name} (raw weights {'of ' + str(source.path) if source else 'not saved at this step'})")
+        _, rec, source = posthoc.write_checkpoint(run_dir, snapshots, sigma_rel, step, stage / name, warn=print)
+        print(f"sigma_rel {sigma_rel:.6g} at step {step}: {rec.used} snapshots, profile error "
+              f"{100 * rec.profile_error:.3f}% -> {out / name} (raw weights "
+              f"{'of ' + str(source) if source else 'not saved at this step'})")
 
 
 def run(args: argparse.Namespace) -> int:
     sigma_rels = parse_sigma_rels(args.sigma_rel)
     out = check_output_dir(args.out)
     source = Path(args.snapshot_dir)
-    run_dir = source if (source / "phema").is_dir() else None
+    run_dir = source if (source / posthoc.PHEMA_DIR).is_dir() else None
     try:
-        snapshots = phema.read_snapshots(source / "phema" if run_dir is not None else source)
+        snapshots = phema.read_snapshots(source / posthoc.PHEMA_DIR if run_dir is not None else source)
     except phema.SnapshotError as exc:
         raise OptionError(str(exc)) from None
     first_step, last_step = snapshots[0].step, snapshots[-1].step

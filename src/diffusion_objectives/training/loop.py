@@ -49,6 +49,7 @@ from . import distributed, rundir
 from .build import build_dataset, build_network, build_objective, complete_network_params, derive_seed
 from .config import GUARDED_KEYS, TrainConfig, diff, dump_yaml, format_diff, from_dict, to_dict, validate
 from .distributed import Dist
+from .posthoc import PHEMA_DIR
 from .precision import autocast as precision_autocast
 from .precision import resolve_precision
 
@@ -541,7 +542,7 @@ def _train(cfg: TrainConfig, dataset: Any, run_dir: Path, ck_dir: Path, resume: 
 
     def snapshot() -> None:
         if d.is_main and tracker.step > 0:
-            phema.save_snapshots(tracker, run_dir / "phema", run=run_id, extra={"config": resolved})
+            phema.save_snapshots(tracker, run_dir / PHEMA_DIR, run=run_id, extra={"config": resolved})
 
     def samples(now_step: int) -> None:
         nonlocal sample_noise
