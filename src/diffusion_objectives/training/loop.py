@@ -9,12 +9,15 @@ Per optimizer step (all counts in images unless they say steps):
    global RNG reseeded by (seed, step, rank, micro-batch) inside ``fork_rng``. So the numbers depend on
    (seed, step) only: resuming needs no RNG state, and W processes see the same ε and λ as one;
 3. the loss ½ (w(λ)/p(λ)) ‖ε̂ − ε‖² (KG23 Eq. 8, :class:`~diffusion_objectives.WeightedLoss`), averaged
-   over the global batch (DDP averages the per-rank means);
+   over the global batch (DDP averages the per-rank means); with ``loss.uncertainty.enabled`` EDM2's
+   ℓ_w e^{−u(λ)} + D u(λ) (:class:`~diffusion_objectives.uncertainty.UncertaintyWeightedLoss`), the head u
+   trained in its own AdamW group, its gradients averaged over the ranks like the network's;
 4. one all-reduce of [non-finite count, stop request, loss sums per λ-bin, adaptive-schedule sums and
    counts], so every rank takes the same decision (update, skip, stop) and the adaptive schedule (FRAMEWORK
    §6) holds the same state everywhere;
 5. AdamW with linear warm-up over ``warmup_images`` (and optional 1/√ decay), gradient clipping, and an
-   EMA of the weights with β = 0.5^(B / half-life) (half-life in images).
+   EMA of the weights with β = 0.5^(B / half-life) (half-life in images); with ``ema.posthoc_sigma_rels``
+   EDM2's power-function EMAs too (:class:`~diffusion_objectives.phema.PowerEMA`, snapshots in ``RUN/phema/``).
 
 Non-finite loss or gradient: stop with :class:`NonFiniteError` (default; the last checkpoint is left
 untouched) or skip the update (``run.nonfinite=skip``, at most ``max_consecutive_skips`` in a row).
