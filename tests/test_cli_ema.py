@@ -6,9 +6,12 @@ import json
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from diffusion_objectives import phema
 from diffusion_objectives.cli import main
+from diffusion_objectives.training import checkpoint as ck
+from diffusion_objectives.training import config, train
 
 
 def _write_snapshots(directory, shape=(4, 3), run="run-a", steps=400, every=50, seed=0):
@@ -94,3 +97,38 @@ def test_bad_snapshot_directories_exit_2(tmp_path, capsys):
     assert main(["ema", str(tmp_path / "junk"), "--sigma-rel", "0.1", "--out", out]) == 2
     assert "cannot read snapshot" in capsys.readouterr().err
     assert not (tmp_path / "ema").exists()
+
+
+def test_from_a_training_run_writes_checkpoints_that_sample_reads(tmp_path, capsys):
+    """A run trained with ema.posthoc_sigma_rels: its tracked width comes back as its last snapshot (and as the
+    tracker state in the run's checkpoint), in a verified training checkpoint with the run's config that
+    ``diffobj sample`` accepts; an untracked width is reconstructed from the snapshots alike."""
+    run, out = tmp_path / "run", tmp_path / "ema"
+    overrides = ["data.n=512", "network.hidden=16", "network.depth=1", "network.fourier_features=8",
+                 "run.batch_size=32", "run.sample_every=0", "run.checkpoint_every=0", "run.device=cpu",
+                 "ema.posthoc_sigma_rels=[0.05, 0.1]", "ema.snapshot_every=4"]
+    torch.set_num_threads(1)
+    train(config.resolve("toy2d", steps=16, overrides=overrides), run, progress=False)
+    assert main(["ema", str(run), "--sigma-rel", "0.05,0.07", "--out", str(out)]) == 0
+    snapshots = phema.read_snapshots(run / "phema")
+    assert [s.step for s in snapshots] == [4, 4, 8, 8, 12, 12, 16, 16]
+    tracked = load_file(run / "phema" / "phema-0000000016-0.05.safetensors")
+    final = ck.load(run / "checkpoints" / "step-00000016")
+    for sigma_rel in (0.05, 0.07):
+        path = out / f"ema-{sigma_rel:g}" / "checkpoints" / "step-00000016"
+        ck.verify(path)
+        got = ck.load(path)
+        assert got.config == final.config and got.state["posthoc_ema"]["sigma_rel"] == sigma_rel
+        for k, v in final.model.items():
+            assert torch.equal(got.model[k], v)  # the raw weights: the run's checkpoint at that step
+        expected = phema.reconstruct(snapshots, sigma_rel)
+        for k in expected:
+            assert torch.equal(got.ema[k], expected[k])
+    got = ck.load(out / "ema-0.05" / "checkpoints" / "step-00000016")
+    for k, v in tracked.items():
+        torch.testing.assert_close(got.ema[k], v, rtol=0, atol=1e-5)
+        torch.testing.assert_close(final.state["posthoc_ema"][f"average.0.{k}"], v, rtol=0, atol=0)
+    samples = tmp_path / "samples"
+    assert main(["sample", str(out / "ema-0.07"), "--n", "8", "--steps", "4", "--sampler", "heun", "--no-progress",
+                 "--out", str(samples)]) == 0
+    assert any(samples.iterdir())

@@ -216,3 +216,19 @@ def test_ema_half_life_is_in_images():
     cfg = config.apply_overrides(cfg, ["ema.rampup_ratio=0.5"])
     assert ema_beta(cfg, 6400) == pytest.approx(0.5 ** (64 / 3200))  # ramp-up: h = 0.5 · 6400
     assert ema_beta(cfg, 0) == 0.0
+
+
+def test_keys_a_saved_config_lacks_read_as_their_defaults_in_diff():
+    """A run saved before ``loss.uncertainty`` and the post-hoc EMA keys existed resumes without a config
+    change; setting them is a change of the guarded ``loss`` section."""
+    new = config.resolve("toy2d")
+    old = config.to_dict(new)
+    del old["loss"]["uncertainty"], old["ema"]["posthoc_sigma_rels"], old["ema"]["snapshot_every"]
+    assert config.diff(old, new) == {}
+    on = config.resolve("toy2d", overrides=["loss.uncertainty.enabled=true", "ema.posthoc_sigma_rels=[0.05,0.1]"])
+    assert config.diff(old, on, config.GUARDED_KEYS) == {"loss.uncertainty.enabled": (False, True)}
+    assert on.ema.posthoc_sigma_rels == [0.05, 0.1]
+    with pytest.raises(OptionError, match="ema.posthoc_sigma_rels"):
+        config.resolve("toy2d", overrides=["ema.posthoc_sigma_rels=[0.05,0.05]"])
+    with pytest.raises(OptionError, match="must be list"):
+        config.resolve("toy2d", overrides=["ema.posthoc_sigma_rels=0.05"])

@@ -69,6 +69,30 @@ def test_two_processes_agree_and_match_one_process(tmp_path):
         assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-5)
 
 
+def test_uncertainty_head_and_posthoc_ema_agree_across_two_processes_and_one(tmp_path):
+    """With EDM2's log-variance head (its gradients averaged over the ranks like the network's) and the post-hoc
+    EMA tracker, 2 gloo processes end with the head, network and tracker of 1 process (same global batch)."""
+    steps = 4
+    overrides = [*OVERRIDES, "loss.uncertainty.enabled=true", "loss.uncertainty.channels=16",
+                 "ema.posthoc_sigma_rels=[0.1]"]
+    p = _torchrun(tmp_path / "ddp", steps, overrides)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert len(set(json.loads((tmp_path / "ddp" / "summary.json").read_text())["param_digests"])) == 1
+    torch.set_num_threads(1)
+    train(config.resolve("toy2d", steps=steps, overrides=overrides), tmp_path / "single")
+    name = f"step-{steps:08d}"
+    sa = torch.load(tmp_path / "ddp" / "checkpoints" / name / "training_state.pt", weights_only=True)
+    sb = torch.load(tmp_path / "single" / "checkpoints" / name / "training_state.pt", weights_only=True)
+    assert sa["uncertainty_head"].keys() == sb["uncertainty_head"].keys()
+    assert torch.abs(sb["uncertainty_head"]["linear.weight"]).max() > 0  # the head moved from its zero start
+    for part in ("uncertainty_head", "posthoc_ema"):
+        for k in sb[part]:
+            torch.testing.assert_close(sa[part][k], sb[part][k], rtol=1e-4, atol=1e-6, msg=f"{part} {k}")
+    for ra, rb in zip(_stats(tmp_path / "ddp"), _stats(tmp_path / "single"), strict=True):
+        assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-5)
+        assert ra["w_eff_per_logsnr_bin"] == pytest.approx(rb["w_eff_per_logsnr_bin"], rel=1e-4)
+
+
 def test_nonfinite_on_one_rank_stops_both(tmp_path):
     p = _torchrun(tmp_path / "nan", 20, OVERRIDES + ["run.checkpoint_every=2", "debug.nonfinite_step=4",
                                                       "debug.nonfinite_rank=1"])

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -81,13 +82,27 @@ def _assert_identical(a, b):
     for i in oa["state"]:
         for k in oa["state"][i]:
             assert torch.equal(oa["state"][i][k], ob["state"][i][k]), (i, k)
-    if sa["adaptive"] is not None:
-        for k in sa["adaptive"]:
-            assert torch.equal(sa["adaptive"][k], sb["adaptive"][k])
+    for part in ("adaptive", "uncertainty_head", "posthoc_ema"):
+        if sa.get(part) is not None:
+            assert sa[part].keys() == sb[part].keys(), part
+            for k in sa[part]:
+                assert torch.equal(sa[part][k], sb[part][k]), (part, k)
+        else:
+            assert sb.get(part) is None, part
 
 
 def _losses(run):
-    return [(r["step"], r["loss"], r["loss_per_logsnr_bin"], r["lr"], r["grad_norm"]) for r in _stats(run)]
+    return [(r["step"], r["loss"], r["loss_per_logsnr_bin"], r["lr"], r["grad_norm"], r.get("w_eff_per_logsnr_bin"),
+             r.get("u_per_logsnr_bin")) for r in _stats(run)]
+
+
+def _snapshots(run):
+    return {p.name: load_file(p) for p in sorted((Path(run) / "phema").glob("*.safetensors"))}
+
+
+# EDM2's learned uncertainty weighting and post-hoc EMA snapshots on top of TOY
+UNCERTAINTY = [*TOY, "loss.uncertainty.enabled=true", "loss.uncertainty.channels=16",
+               "ema.posthoc_sigma_rels=[0.05, 0.1]", "ema.snapshot_every=5"]
 
 
 @pytest.mark.slow
@@ -104,10 +119,11 @@ def test_resume_in_new_process_is_bit_identical(tmp_path, overrides):
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_step_then_rerun_matches_uninterrupted(tmp_path):
+@pytest.mark.parametrize("overrides", [TOY, UNCERTAINTY], ids=["toy", "uncertainty-posthoc-ema"])
+def test_sigkill_at_random_step_then_rerun_matches_uninterrupted(tmp_path, overrides):
     n = 40
-    args = (TOY, "--checkpoint-every", "3")
-    _run_here(tmp_path / "straight", n, TOY, 3)
+    args = (overrides, "--checkpoint-every", "3")
+    _run_here(tmp_path / "straight", n, overrides, 3)
     kill_at = random.Random().randint(4, 30)
     proc = subprocess.Popen(_cmd(tmp_path / "killed", n, *args), env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -126,6 +142,12 @@ def test_sigkill_at_random_step_then_rerun_matches_uninterrupted(tmp_path):
     _run(tmp_path / "killed", n, *args)
     _assert_identical(_final(tmp_path / "straight", n), _final(tmp_path / "killed", n))
     assert _losses(tmp_path / "straight") == _losses(tmp_path / "killed"), f"killed near step {kill_at}"
+    straight, killed = _snapshots(tmp_path / "straight"), _snapshots(tmp_path / "killed")
+    assert straight.keys() == killed.keys()
+    assert len(straight) == (2 * n // 5 if overrides is UNCERTAINTY else 0)
+    for name in straight:
+        for k in straight[name]:
+            assert torch.equal(straight[name][k], killed[name][k]), (name, k)
 
 
 @pytest.mark.slow
@@ -221,6 +243,33 @@ def test_stats_and_run_layout(tmp_path):
     assert {"step_s", "steps_per_s", "images_per_s", "elapsed_s"} <= set(rec["time"])
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step-00000005"
     assert config.from_dict(config.TrainConfig, config.load_yaml(tmp_path / "config.yaml")).network.params["dim"] == 2
+
+
+def test_uncertainty_run_logs_the_effective_weighting_of_its_head(tmp_path):
+    """stats.jsonl's w_eff per λ-bin is w(λ) e^{−u(λ)} normalised on the bin centres, recomputed here in float64
+    from the checkpointed head (u = b + Σ a_i √2 cos(−f_i λ/8 + φ_i), KG23's sigmoid w = 1/(1 + e^{λ − 2}));
+    the head trains in its own AdamW group without weight decay and stays out of the model and EMA files."""
+    overrides = [*TOY, "loss.uncertainty.enabled=true", "loss.uncertainty.channels=8", "loss.log_bins=6",
+                 "run.log_every=3", "optim.weight_decay=0.1"]
+    train(config.resolve("toy2d", steps=6, checkpoint_every=0, overrides=overrides), tmp_path, progress=False)
+    model, ema, state = _final(tmp_path, 6)
+    head = {k: v.double().numpy() for k, v in state["uncertainty_head"].items()}
+    network_keys = set(load_for_inference(tmp_path).model.state_dict())
+    assert set(model) == set(ema) == network_keys  # the network's tensors only
+    groups = state["optimizer"]["param_groups"]
+    assert len(groups) == 2 and groups[0]["weight_decay"] == 0.1 and groups[1]["weight_decay"] == 0.0
+    assert np.abs(head["linear.weight"]).max() > 0  # the head was trained (it starts at zero)
+    rec = _stats(tmp_path)[-1]
+    lam = np.linspace(-15, 15, 7)
+    lam = (lam[:-1] + lam[1:]) / 2
+    assert np.allclose(rec["logsnr_bin_centres"], lam)
+    features = np.sqrt(2) * np.cos(np.outer(-lam / 8, head["freqs"]) + head["phases"])
+    u = features @ head["linear.weight"][0] + head["linear.bias"][0]
+    w = 1 / (1 + np.exp(lam - 2.0))
+    np.testing.assert_allclose(rec["u_per_logsnr_bin"], u, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rec["w_per_logsnr_bin"], w / np.trapezoid(w, lam), rtol=1e-9)
+    w_eff = w * np.exp(-u)
+    np.testing.assert_allclose(rec["w_eff_per_logsnr_bin"], w_eff / np.trapezoid(w_eff, lam), rtol=1e-5)
 
 
 def _fixed_loss(model, objective, x, seed=0):

@@ -12,6 +12,7 @@ import math
 import os
 import platform
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -75,14 +76,18 @@ def primary_metric(summary_rows: list[dict[str, Any]]) -> str:
 
 
 def summarise(entries, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per grid entry: monotone or not, and mean ± SE over seeds of every scalar metric."""
+    """Per grid entry: monotone or not (``None`` for a ``+uncertainty`` entry: its effective weighting is learned,
+    whatever the base w), and mean ± SE over seeds of every scalar metric."""
     rows = []
     for e in entries:
         mine = [r for r in records if r["entry"] == e.label]
         scalars = [extract(r) for r in mine]
         keys = sorted(set().union(*scalars)) if scalars else []
         rows.append({
-            "entry": e.label, "objective": e.objective, "adaptive": e.adaptive, "monotone": e.is_monotonic(),
+            "entry": e.label, "objective": e.objective, "adaptive": e.adaptive,
+            "uncertainty": getattr(e, "uncertainty", False),
+            "monotone": None if getattr(e, "uncertainty", False) else e.is_monotonic(),
+            "base": replace(e, adaptive=False, uncertainty=False).label if hasattr(e, "uncertainty") else e.label,
             "seeds": [r["seed"] for r in mine],
             "metrics": {k: _mean_se([s[k] for s in scalars if k in s]) for k in keys},
         })
@@ -139,7 +144,7 @@ def format_cell(stat: dict[str, Any] | None) -> str:
 def _table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     present = [c for c in COLUMNS if any(c[0] in r["metrics"] for r in rows)]
     head = ["objective", "monotone", "seeds"] + [h for _, h, _ in present]
-    body = [[r["entry"], "yes" if r["monotone"] else "no", str(len(r["seeds"]))]
+    body = [[r["entry"], {True: "yes", False: "no", None: "learned"}[r["monotone"]], str(len(r["seeds"]))]
             + [format_cell(r["metrics"].get(k)) for k, _, _ in present] for r in rows]
     return head, body
 
@@ -164,7 +169,7 @@ def _plots(entries, rows, records, out: Path) -> dict[str, str]:
     lam = torch.linspace(-15, 15, 1201, dtype=torch.float64)
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     for e in entries:
-        if e.adaptive:
+        if e.adaptive or getattr(e, "uncertainty", False):
             continue
         w = e.weighting()(lam)
         style = "-" if e.is_monotonic() else "--"
@@ -213,12 +218,12 @@ def _plots(entries, rows, records, out: Path) -> dict[str, str]:
         xs = [i for i, r in enumerate(rows) if key in r["metrics"]]
         ys = [rows[i]["metrics"][key]["mean"] for i in xs]
         es = [rows[i]["metrics"][key]["se"] or 0.0 for i in xs]
-        colors = ["tab:blue" if rows[i]["monotone"] else "tab:red" for i in xs]
+        colors = [{True: "tab:blue", False: "tab:red", None: "tab:gray"}[rows[i]["monotone"]] for i in xs]
         ax.bar(xs, ys, yerr=es, color=colors, capsize=3)
         ax.set_ylabel(head, fontsize=8)
         ax.set_xticks(range(len(rows)))
         ax.set_xticklabels([r["entry"] for r in rows], rotation=35, ha="right", fontsize=7)
-    axes[0, 0].set_title("metrics (mean ± SE over seeds; blue: monotone, red: non-monotone)")
+    axes[0, 0].set_title("metrics (mean ± SE over seeds; blue: monotone, red: non-monotone, gray: learned)")
     fig.tight_layout()
     fig.savefig(out / "metrics.png", dpi=110)
     plt.close(fig)
@@ -249,7 +254,116 @@ def _plots(entries, rows, records, out: Path) -> dict[str, str]:
     fig.savefig(out / "samples.png", dpi=110)
     plt.close(fig)
     files["samples"] = "samples.png"
+    if any(getattr(e, "uncertainty", False) for e in entries):
+        _plot_effective_weightings(entries, records, out / "effective_weightings.png")
+        files["effective_weightings"] = "effective_weightings.png"
     return files
+
+
+# ---- the learned uncertainty weighting (EDM2) against the base weighting ------------------------------------
+
+def _weighting_history(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The stats.jsonl records of a ``+uncertainty`` run that carry the effective weighting per λ-bin."""
+    stats = Path(record["run_dir"]) / "stats.jsonl"
+    rows = [json.loads(line) for line in stats.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r.get("w_eff_per_logsnr_bin") is not None]
+
+
+def _normalised_mean_logsnr(lam: np.ndarray, w: np.ndarray) -> float:
+    """∫ λ w(λ) dλ / ∫ w(λ) dλ on the bin centres (trapezoid): where the weighting puts its mass."""
+    return float(np.trapezoid(lam * w, lam) / np.trapezoid(w, lam))
+
+
+def weighting_shift(entries, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per ``+uncertainty`` entry: how the learned weighting w_eff = w e^{−u} (normalised, at the end of
+    training) differs from the base w (normalised alike): the shift of the weighting's mean λ (mean ± SE over
+    seeds) and the λ-bin centres where w_eff/w is largest and smallest (seed-averaged ratio)."""
+    out = []
+    for e in entries:
+        if not getattr(e, "uncertainty", False):
+            continue
+        shifts, ratios, lam = [], [], None
+        for r in records:
+            hist = _weighting_history(r) if r["entry"] == e.label else []
+            if not hist:
+                continue
+            last = hist[-1]
+            lam = np.asarray(last["logsnr_bin_centres"])
+            w_eff, w = np.asarray(last["w_eff_per_logsnr_bin"]), np.asarray(last["w_per_logsnr_bin"])
+            shifts.append(_normalised_mean_logsnr(lam, w_eff) - _normalised_mean_logsnr(lam, w))
+            ratios.append(np.log(w_eff / w))
+        if not shifts:
+            continue
+        log_ratio = np.mean(ratios, axis=0)
+        out.append({"entry": e.label, "mean_logsnr_shift": _mean_se(shifts),
+                    "logsnr_max_ratio": float(lam[np.argmax(log_ratio)]), "max_ratio": float(np.exp(log_ratio.max())),
+                    "logsnr_min_ratio": float(lam[np.argmin(log_ratio)]), "min_ratio": float(np.exp(log_ratio.min()))})
+    return out
+
+
+def _shift_sentence(s: dict[str, Any]) -> str:
+    m = s["mean_logsnr_shift"]
+    se = m["se"]
+    z = m["mean"] / se if se else None
+    where = "higher λ (less noise)" if m["mean"] > 0 else "lower λ (more noise)"
+    sig = (f"{abs(z):.1f} standard errors from zero" if z is not None else "one seed: no standard error")
+    return (f"`{s['entry']}`: the learned weighting moved the objective's mean λ by {m['mean']:+.3f} ± "
+            f"{se if se is not None else float('nan'):.3f} toward {where} ({sig}); w_eff/w is largest "
+            f"({s['max_ratio']:.3g}×) at λ ≈ {s['logsnr_max_ratio']:g} and smallest ({s['min_ratio']:.3g}×) at "
+            f"λ ≈ {s['logsnr_min_ratio']:g}")
+
+
+def _plot_effective_weightings(entries, records: list[dict[str, Any]], path: Path) -> None:
+    """One panel per ``+uncertainty`` entry: the base w and the effective w e^{−u} (both normalised) at several
+    points of training (seed 0's run; the final one averaged over seeds, bold)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mine = [e for e in entries if getattr(e, "uncertainty", False)]
+    cols = min(4, len(mine))
+    fig, axes = plt.subplots(math.ceil(len(mine) / cols), cols, figsize=(4.2 * cols, 3.4 * math.ceil(len(mine) / cols)),
+                             squeeze=False)
+    for ax in axes.flat[len(mine):]:
+        ax.axis("off")
+    for ax, e in zip(axes.flat, mine, strict=False):
+        hists = [h for r in records if r["entry"] == e.label and (h := _weighting_history(r))]
+        if not hists:
+            continue
+        lam = np.asarray(hists[0][-1]["logsnr_bin_centres"])
+        picks = sorted({int(round(q * (len(hists[0]) - 1))) for q in (0.0, 0.25, 0.5, 0.75)})
+        for k in picks:
+            rec = hists[0][k]
+            ax.plot(lam, rec["w_eff_per_logsnr_bin"], color=plt.cm.viridis(k / max(len(hists[0]) - 1, 1)),
+                    lw=0.8, label=f"w_eff, step {rec['step']}")
+        ax.plot(lam, np.mean([h[-1]["w_eff_per_logsnr_bin"] for h in hists], axis=0), color="C3", lw=2,
+                label=f"w_eff, final (mean of {len(hists)} seeds)")
+        ax.plot(lam, hists[0][-1]["w_per_logsnr_bin"], "k--", lw=1.5, label="base w")
+        ax.set(yscale="log", title=e.label, xlabel="log-SNR λ (bin centres)", ylabel="normalised weighting")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def variant_effects(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """Each ``+adaptive``/``+uncertainty`` entry against its base entry on metric ``key``: the difference of the
+    seed means, its standard error √(SE₁² + SE₂²) and z (lower-is-better metrics: negative = the variant is
+    better)."""
+    by_label = {r["entry"]: r for r in rows}
+    out = []
+    for r in rows:
+        base = by_label.get(r.get("base", r["entry"]))
+        if base is None or base is r or key not in r["metrics"] or key not in base["metrics"]:
+            continue
+        a, b = r["metrics"][key], base["metrics"][key]
+        se = math.hypot(a["se"] or 0.0, b["se"] or 0.0) if a["se"] is not None and b["se"] is not None else None
+        diff = a["mean"] - b["mean"]
+        out.append({"entry": r["entry"], "base": base["entry"], "metric": key, "difference": diff, "se": se,
+                    "z": diff / se if se else None})
+    return out
 
 
 def _machine() -> dict[str, Any]:
@@ -272,6 +386,12 @@ def write_report(study, entries, records: list[dict[str, Any]], out: str | Path,
         "eval_seconds_total": sum(float(r.get("eval_seconds") or 0.0) for r in records),
         "study": asdict(study), "summary": rows, "verdict": verdict(rows), "runs": records,
     }
+    if any(r.get("ema_sweep") for r in records):
+        results["ema_sweep"] = ema_sweep_summary(entries, records, primary_metric(rows))
+    if any(r.get("uncertainty") or r.get("adaptive") for r in rows):
+        results["variant_effects"] = [v for key in (primary_metric(rows), "bpd", "loss_rel_std")
+                                      for v in variant_effects(rows, key)]
+        results["weighting_shift"] = weighting_shift(entries, records)
     results["plots"] = _plots(entries, rows, records, out)
     (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "report.md").write_text(render_markdown(results))
@@ -297,6 +417,72 @@ def _span(values: list[float], digits: int = 4) -> str:
     return f"{lo:.{digits}f}" if f"{lo:.{digits}f}" == f"{hi:.{digits}f}" else f"{lo:.{digits}f}–{hi:.{digits}f}"
 
 
+def _effect_sentence(v: dict[str, Any]) -> str:
+    """One line per variant and metric (all the report's compared metrics are lower-is-better)."""
+    head = f"`{v['entry']}` vs `{v['base']}` on {v['metric']}: {v['difference']:+.4g}"
+    if v["z"] is None:
+        return head + " (one seed: no standard error)"
+    word = ("better" if v["z"] <= -2 else "worse" if v["z"] >= 2 else "indistinguishable from the base")
+    return head + f" ± {v['se']:.2g} (z = {v['z']:+.1f}): {word}"
+
+
+def ema_sweep_summary(entries, records: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """Per entry and swept σ_rel: metric ``key`` (mean ± SE over seeds) of the post-hoc EMA reconstructions, and
+    the largest profile error of the fit."""
+    out = []
+    for e in entries:
+        mine = [r for r in records if r["entry"] == e.label and r.get("ema_sweep")]
+        for sigma in (mine[0]["ema_sweep"] if mine else {}):
+            values = [extract({"result": r["ema_sweep"][sigma]["result"]}).get(key) for r in mine]
+            if None in values:
+                continue
+            out.append({"entry": e.label, "sigma_rel": float(sigma), "metric": key, **_mean_se(values),
+                        "profile_error": max(r["ema_sweep"][sigma]["profile_error"] for r in mine)})
+    return out
+
+
+def _ema_sweep_section(results: dict[str, Any]) -> list[str]:
+    sweep = results.get("ema_sweep")
+    if not sweep:
+        return []
+    widths = sorted({s["sigma_rel"] for s in sweep})
+    key = sweep[0]["metric"]
+    cells = {(s["entry"], s["sigma_rel"]): s for s in sweep}
+    own = {r["entry"]: r["metrics"].get(key) for r in results["summary"]}
+    body = [[entry, format_cell(own.get(entry))] + [format_cell(cells.get((entry, w))) for w in widths]
+            for entry in dict.fromkeys(s["entry"] for s in sweep)]
+    return ["", "## EMA width sweep (post-hoc EMA, no retraining)", "",
+            f"{key} (mean ± SE over seeds) of each run's own EMA and of the EMA reconstructed after training at each "
+            "relative width σ_rel from the run's power-function EMA snapshots (EDM2 §3, docs/ema.md; largest "
+            f"profile error of the fits {100 * max(s['profile_error'] for s in sweep):.2g}%).", "",
+            _markdown_table(["objective", "trained EMA"] + [f"σ_rel {w:g}" for w in widths], body), ""]
+
+
+def _variant_section(results: dict[str, Any]) -> list[str]:
+    """The ``+adaptive``/``+uncertainty`` entries against their base entry, and where the learned weighting
+    moved the objective (only in studies with such entries)."""
+    if "variant_effects" not in results:
+        return []
+    body = [[v["entry"], v["base"], v["metric"], f"{v['difference']:+.4g}",
+             f"{v['se']:.2g}" if v["se"] is not None else "—", f"{v['z']:+.1f}" if v["z"] is not None else "—"]
+            for v in results["variant_effects"]]
+    lines = ["", "## Variants against their base entry", "",
+             "Difference of the seed means (variant − base) with its standard error √(SE₁² + SE₂²); for ↓ "
+             "metrics a negative difference means the variant is better. |z| < 2: not distinguishable from seed "
+             "noise at this number of seeds.", "",
+             _markdown_table(["variant", "base", "metric", "difference", "SE", "z"], body), ""]
+    lines += [f"- {_effect_sentence(v)}" for v in results["variant_effects"] if v["metric"] != "loss_rel_std"]
+    lines += [""]
+    if results.get("weighting_shift"):
+        lines += ["### Did the learned weighting move the objective?", "",
+                  "EDM2's head learns e^u ≈ E[ℓ_w | λ]/D, so the network trains on w_eff = w e^{−u} "
+                  "(docs/objectives.md). Both normalised to unit integral over the logged λ-bins at the end of "
+                  "training; the shift is ∫λ w_eff − ∫λ w (mean ± SE over seeds):", ""]
+        lines += [f"- {_shift_sentence(s)}." for s in results["weighting_shift"]]
+        lines += ["", "![effective weightings](effective_weightings.png)", ""]
+    return lines
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     """``report.md`` from a results dict (the one written to ``results.json``)."""
     study, rows, v = results["study"], results["summary"], results["verdict"]
@@ -304,8 +490,10 @@ def render_markdown(results: dict[str, Any]) -> str:
     p = study["evaluation"]
     first = results["runs"][0] if results["runs"] else {}
     steps_per_s = [r["steps_per_s"] for r in results["runs"] if r.get("steps_per_s")]
+    title = ("KG23's adaptive schedule vs EDM2's learned uncertainty weighting" if "variant_effects" in results
+             else "Monotone vs non-monotone weightings (KG23)")
     lines = [
-        "# Monotone vs non-monotone weightings (KG23)",
+        f"# {title}",
         "",
         f"{study.get('description') or ''}".strip(),
         "",
@@ -322,6 +510,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines += ["", f"Best ({v['ranking'][0]}) vs worst ({v['ranking'][-1]}) objective: "
                       f"{v['best_vs_worst_z']:.1f} standard errors apart."]
     lines += _toy_scale(results["runs"])
+    lines += _variant_section(results)
+    lines += _ema_sweep_section(results)
     lines += [
         "",
         "## Plots",

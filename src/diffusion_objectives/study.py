@@ -1,11 +1,11 @@
 """KG23's study as one function: a grid of objectives × seeds under equal compute, evaluated alike.
 
-Each grid entry is ``NAME[:key=value,...][+adaptive]``: an objective preset of
-:mod:`diffusion_objectives.objectives`, optional weighting parameters (``sigmoid:bias=-2``) and the
-adaptive schedule (KG23 §5). Every (entry, seed) is a normal training run directory under
-``OUT/runs/<entry>/seed-<seed>/``, trained by :func:`diffusion_objectives.training.train` with the same
-network, data, steps, batch, optimizer and EMA, then evaluated by
-:func:`diffusion_objectives.evaluation.evaluate` with one protocol; its result goes to ``eval.json``
+Each grid entry is ``NAME[:key=value,...][+adaptive][+uncertainty]``: an objective preset of
+:mod:`diffusion_objectives.objectives`, optional weighting parameters (``sigmoid:bias=-2``), the
+adaptive schedule (KG23 §5) and EDM2's learned uncertainty weighting (:mod:`.uncertainty`). Every (entry,
+seed) is a normal training run directory under ``OUT/runs/<entry>/seed-<seed>/``, trained by
+:func:`diffusion_objectives.training.train` with the same network, data, steps, batch, optimizer and EMA, then
+evaluated by :func:`diffusion_objectives.evaluation.evaluate` with one protocol; its result goes to ``eval.json``
 beside it. Finished runs with an up-to-date evaluation are reused and interrupted ones resume, so
 rerunning the same command continues where it stopped. :mod:`.report` turns the results into
 ``report.md`` and ``results.json``.
@@ -21,6 +21,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -31,9 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import evaluation, locking, objectives, report, weightings
+from . import evaluation, locking, objectives, phema, report, weightings
 from .errors import OptionError
-from .training import TrainConfig, distributed, load_for_inference, train
+from .training import TrainConfig, distributed, load_for_inference, posthoc, train
 from .training import config as tconfig
 
 __all__ = ["GridEntry", "EvalProtocol", "StudyConfig", "STUDY_PRESETS", "RunTask", "LocalLauncher",
@@ -43,16 +44,19 @@ __all__ = ["GridEntry", "EvalProtocol", "StudyConfig", "STUDY_PRESETS", "RunTask
 
 @dataclass(frozen=True)
 class GridEntry:
-    """One objective of the grid: preset ``objective``, weighting parameters, adaptive schedule or not."""
+    """One objective of the grid: preset ``objective``, weighting parameters, adaptive schedule or not,
+    learned uncertainty weighting or not."""
 
     objective: str
     weighting_params: tuple[tuple[str, float], ...] = ()
     adaptive: bool = False
+    uncertainty: bool = False
 
     @property
     def label(self) -> str:
         params = ",".join(f"{k}={v:g}" for k, v in self.weighting_params)
-        return self.objective + (f":{params}" if params else "") + ("+adaptive" if self.adaptive else "")
+        return (self.objective + (f":{params}" if params else "") + ("+adaptive" if self.adaptive else "")
+                + ("+uncertainty" if self.uncertainty else ""))
 
     @property
     def slug(self) -> str:
@@ -71,16 +75,24 @@ class GridEntry:
         out = [f"loss.weighting.{k}={v!r}" for k, v in self.weighting_params]
         if self.adaptive:
             out.append("loss.adaptive.enabled=true")
+        if self.uncertainty:
+            out.append("loss.uncertainty.enabled=true")
         return out
 
 
+_SUFFIXES = ("adaptive", "uncertainty")
+
+
 def parse_entry(text: str) -> GridEntry:
-    """``"sigmoid:bias=-2+adaptive"`` → :class:`GridEntry` (errors name the entry and the choices)."""
+    """``"sigmoid:bias=-2+adaptive+uncertainty"`` → :class:`GridEntry` (errors name the entry and the
+    choices)."""
     if not text.strip():
-        raise OptionError("empty grid entry: give NAME[:key=value,...][+adaptive]")
-    body, plus, suffix = text.strip().partition("+")
-    if plus and suffix != "adaptive":
-        raise OptionError(f"grid entry {text!r}: the only suffix is '+adaptive'")
+        raise OptionError("empty grid entry: give NAME[:key=value,...][+adaptive][+uncertainty]")
+    body, *suffixes = text.strip().split("+")
+    unknown = [f for f in suffixes if f not in _SUFFIXES]
+    if unknown or len(set(suffixes)) != len(suffixes):
+        raise OptionError(f"grid entry {text!r}: the suffixes are {', '.join('+' + f for f in _SUFFIXES)}, "
+                          "each at most once")
     name, _, params_text = body.partition(":")
     if name not in objectives.REGISTRY:
         raise OptionError(f"grid entry {text!r}: unknown objective {name!r}; choose from: "
@@ -96,7 +108,7 @@ def parse_entry(text: str) -> GridEntry:
             raise OptionError(f"grid entry {text!r}: expected KEY=NUMBER, got {item!r}")
         if not math.isfinite(params[-1][1]):
             raise OptionError(f"grid entry {text!r}: {key} must be a finite number, got {value!r}")
-    entry = GridEntry(name, tuple(params), bool(plus))
+    entry = GridEntry(name, tuple(params), "adaptive" in suffixes, "uncertainty" in suffixes)
     entry.weighting()  # validates the parameters against the weighting's registry entry
     return entry
 
@@ -120,7 +132,10 @@ class EvalProtocol:
 class StudyConfig:
     """A study: ``preset`` (training preset) plus ``overrides`` (``--set`` strings shared by every run),
     ``steps`` and ``batch_size`` (equal compute), the grid, the seeds, the evaluation protocol and the
-    number of runs trained at once (``jobs``; each run then uses ``threads`` threads)."""
+    number of runs trained at once (``jobs``; each run then uses ``threads`` threads). ``ema_sweep``: relative
+    EMA widths σ_rel at which every run is also evaluated without retraining: the runs track EDM2's post-hoc
+    EMA at :data:`TRACKED_SIGMA_RELS` (16 snapshots per run) and each width is reconstructed from the
+    snapshots (:mod:`.training.posthoc`) and evaluated with the same protocol (but the loss spread)."""
 
     preset: str = "toy2d"
     overrides: list[str] = field(default_factory=list)
@@ -132,6 +147,10 @@ class StudyConfig:
     jobs: int = 2
     threads: int = 1
     description: str = ""
+    ema_sweep: list[float] = field(default_factory=list)
+
+
+TRACKED_SIGMA_RELS = (0.05, 0.10)  # EDM2's two tracked widths
 
 
 _SHOWN = 2000  # samples kept per run for the report's plots
@@ -141,14 +160,22 @@ DEFAULT_GRID = ["elbo", "iddpm", "edm", "v-cosine", "flow-matching", "sigmoid:bi
                 "edm-monotonic+adaptive"]
 
 
+# KG23's adaptive proposal against EDM2's learned weighting (issue 13, item 5): for each base weighting, neither,
+# either and both; plus the Laplace (Hang et al. 2024) and logit-normal (SD3) objectives as published
+ADAPTIVE_GRID = [base + variant for base in ("sigmoid:bias=2", "edm-monotonic")
+                 for variant in ("", "+adaptive", "+uncertainty", "+adaptive+uncertainty")] + ["laplace", "sd3"]
+
+_TOY_OVERRIDES = ["data.name=anisotropic", "network.params.hidden=128", "network.params.depth=3",
+                  "optim.lr=2e-3", "optim.warmup_images=50000", "ema.half_life_images=100000",
+                  "run.checkpoint_every=0", "run.sample_every=0", "run.log_every=50", "run.precision=fp32"]
+
+
 def _default() -> StudyConfig:
     # fp32 on every machine: the 75k-parameter MLP gains nothing from bf16 autocast (measured 122 vs 129
     # steps/s on an avx512_bf16 CPU), and the study compares objectives to a hundredth of a nat.
     return StudyConfig(
         preset="toy2d",
-        overrides=["data.name=anisotropic", "network.params.hidden=128", "network.params.depth=3",
-                   "optim.lr=2e-3", "optim.warmup_images=50000", "ema.half_life_images=100000",
-                   "run.checkpoint_every=0", "run.sample_every=0", "run.log_every=50", "run.precision=fp32"],
+        overrides=list(_TOY_OVERRIDES),
         steps=1500, batch_size=256, grid=list(DEFAULT_GRID), seeds=[0, 1, 2],
         evaluation=EvalProtocol(metrics=["toy", "bpd", "loss-std"], n=2000, sampler="heun", steps=32,
                                 n_elbo=512, elbo_samples=32),
@@ -169,6 +196,32 @@ def _digits() -> StudyConfig:
                                 steps=32, n_elbo=256, elbo_samples=32),
         jobs=2, threads=1, description="8×8 digits, the digits U-Net (0.83 M parameters), 500 steps of 128 "
                                        "(64k images, 44 epochs), 8 objectives × 3 seeds")
+
+
+def _adaptive() -> StudyConfig:
+    study = _default()
+    study.overrides.append("loss.log_bins=30")  # the effective weighting is logged on these bins
+    study.grid = list(ADAPTIVE_GRID)
+    study.description = ("KG23's adaptive schedule (`+adaptive`) vs EDM2's learned uncertainty weighting "
+                         "(`+uncertainty`) on the 2-D anisotropic two-Gaussian mixture, 3 × 128 residual MLP, "
+                         "1500 steps of 256, 3 seeds")
+    return study
+
+
+def _adaptive_digits() -> StudyConfig:
+    study = _digits()
+    study.overrides = ["run.checkpoint_every=250", "run.sample_every=0", "run.precision=fp32", "loss.log_bins=30"]
+    study.steps, study.batch_size, study.seeds = ADAPTIVE_DIGITS_STEPS, 128, [0, 1, 2]
+    study.grid = list(ADAPTIVE_GRID)
+    study.evaluation = EvalProtocol(metrics=["fd", "kid", "coverage", "bpd", "loss-std"], n=500, sampler="heun",
+                                    steps=32, n_elbo=256, elbo_samples=16)
+    study.description = ("KG23's adaptive schedule (`+adaptive`) vs EDM2's learned uncertainty weighting "
+                         f"(`+uncertainty`) on 8×8 digits, the digits U-Net, {ADAPTIVE_DIGITS_STEPS} steps of 128, "
+                         "3 seeds (sized for about 25 minutes on 2 CPU cores)")
+    return study
+
+
+ADAPTIVE_DIGITS_STEPS = 500
 
 
 def _fashion() -> StudyConfig:
@@ -196,6 +249,7 @@ def _imagenet64() -> StudyConfig:
 
 STUDY_PRESETS: dict[str, Callable[[], StudyConfig]] = {
     "default": _default, "digits": _digits, "fashion-mnist": _fashion, "imagenet64": _imagenet64,
+    "adaptive": _adaptive, "adaptive-digits": _adaptive_digits,
 }
 
 
@@ -228,8 +282,10 @@ class RunTask:
 
 def run_config(study: StudyConfig, entry: GridEntry, seed: int) -> TrainConfig:
     """The training config of one run: the study's preset and overrides, the entry's objective, the seed."""
-    return tconfig.resolve(study.preset, objective=entry.objective, steps=study.steps,
-                           batch_size=study.batch_size, seed=seed, overrides=[*study.overrides, *entry.overrides()])
+    tracking = ([f"ema.posthoc_sigma_rels={list(TRACKED_SIGMA_RELS)}",
+                 f"ema.snapshot_every={max(1, study.steps // 16)}"] if study.ema_sweep else [])
+    return tconfig.resolve(study.preset, objective=entry.objective, steps=study.steps, batch_size=study.batch_size,
+                           seed=seed, overrides=[*study.overrides, *tracking, *entry.overrides()])
 
 
 def validate_study(study: StudyConfig) -> list[GridEntry]:
@@ -237,6 +293,10 @@ def validate_study(study: StudyConfig) -> list[GridEntry]:
     duplicate entries, seeds, and that every run's training config resolves (overrides name real keys)."""
     if not study.grid:
         raise OptionError("the grid is empty: give at least one objective")
+    sweep = list(study.ema_sweep)
+    if len(set(sweep)) != len(sweep) or not all(0.0 < float(s) < phema.SIGMA_REL_MAX for s in sweep):
+        raise OptionError(f"ema_sweep must list distinct relative EMA widths in (0, {phema.SIGMA_REL_MAX:.4f}), "
+                          f"got {sweep}")
     entries = [parse_entry(e) for e in study.grid]
     labels = [e.label for e in entries]
     twice = sorted({label for label in labels if labels.count(label) > 1})
@@ -296,7 +356,8 @@ _METRICS_VERSION = 2
 
 
 def _protocol_key(study: StudyConfig) -> dict[str, Any]:
-    return {**asdict(study.evaluation), "metrics_version": _METRICS_VERSION}
+    sweep = {"ema_sweep": list(study.ema_sweep)} if study.ema_sweep else {}
+    return {**asdict(study.evaluation), "metrics_version": _METRICS_VERSION, **sweep}
 
 
 def finished_record(study: StudyConfig, task: RunTask) -> dict[str, Any] | None:
@@ -363,18 +424,38 @@ def _evaluate(study: StudyConfig, task: RunTask, cfg: TrainConfig, summary: dict
     entry = task.entry
     record = {
         "entry": entry.label, "objective": entry.objective, "weighting_params": dict(entry.weighting_params),
-        "adaptive": entry.adaptive, "monotone": entry.is_monotonic(), "seed": task.seed,
+        "adaptive": entry.adaptive, "uncertainty": entry.uncertainty, "monotone": entry.is_monotonic(),
+        "seed": task.seed,
         "run_dir": str(task.run_dir), "checkpoint": summary.get("checkpoint"), "protocol": _protocol_key(study),
         "network": f"{cfg.network.name} {cfg.network.params} "
                    f"({sum(q.numel() for q in loaded.model.parameters()) / 1e6:.3f}M parameters)",
         "precision": summary.get("precision"), "train_seconds": train_s, "steps_per_s": summary.get("steps_per_s"),
         "eval_seconds": time.perf_counter() - t1, "final_loss": summary.get("loss"), "result": result,
     }
+    if study.ema_sweep:
+        record["ema_sweep"] = _ema_sweep(study, task, settings)
     record_path = task.run_dir / "eval.json"
     tmp = record_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(record, indent=1))
     os.replace(tmp, record_path)
     return record
+
+
+def _ema_sweep(study: StudyConfig, task: RunTask, settings: evaluation.SampleSettings) -> dict[str, Any]:
+    """``{σ_rel: {profile_error, result}}``: the run evaluated at each width of ``study.ema_sweep``, reconstructed
+    at the last snapshot into a temporary checkpoint (removed afterwards)."""
+    snapshots = phema.read_snapshots(task.run_dir / posthoc.PHEMA_DIR)
+    p = study.evaluation
+    metrics = [m for m in p.metrics if m != "loss-std"]  # the loss spread is the training objective's, not the EMA's
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix=".ema-sweep-", dir=task.run_dir) as tmp:
+        for sigma_rel in study.ema_sweep:
+            path, rec, _ = posthoc.write_checkpoint(task.run_dir, snapshots, sigma_rel, snapshots[-1].step,
+                                                    Path(tmp) / f"{sigma_rel:g}", warn=lambda msg: None)
+            result = evaluation.evaluate(load_for_inference(path), metrics, n=p.n, settings=settings, split=p.split,
+                                         n_elbo=p.n_elbo, elbo_samples=p.elbo_samples)
+            out[f"{sigma_rel:g}"] = {"profile_error": rec.profile_error, "result": result}
+    return out
 
 
 def _worker(study: StudyConfig, task: RunTask) -> dict[str, Any] | None:

@@ -80,6 +80,13 @@ def _grid(text: str | None) -> list[str] | None:
     return grid
 
 
+def _ema_sweep(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise OptionError(f"--ema-sweep: expected comma-separated relative widths, got {text!r}") from None
+
+
 def resolve(args) -> S.StudyConfig:
     """The study from the preset, ``--config`` and the flags, validated as a real run validates it."""
     study = S.study_preset(args.preset)
@@ -89,6 +96,7 @@ def resolve(args) -> S.StudyConfig:
         "grid": _grid(args.grid),
         "seeds": _seeds(args.seeds) if args.seeds else None,
         "steps": args.steps, "batch_size": args.batch_size, "jobs": args.jobs,
+        "ema_sweep": _ema_sweep(args.ema_sweep) if args.ema_sweep else None,
         "overrides": [*study.overrides, *args.set] if args.set else None,
     }
     study = S.replace_fields(study, **changes)
@@ -180,7 +188,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    + " (default: default)")
     p.add_argument("--config", help="YAML file with StudyConfig fields (preset, overrides, steps, batch_size, "
                    "grid, seeds, evaluation, jobs, threads)")
-    p.add_argument("--grid", help="comma-separated entries NAME[:key=value...][+adaptive]")
+    p.add_argument("--grid", help="comma-separated entries NAME[:key=value...][+adaptive][+uncertainty]")
+    p.add_argument("--ema-sweep", metavar="LIST",
+                   help="also evaluate every run at these relative EMA widths σ_rel (e.g. 0.05,0.1,0.15), "
+                        "reconstructed after training from post-hoc EMA snapshots (EDM2): no retraining per width")
     p.add_argument("--seeds", help="seeds, e.g. 0-2 or 0,3")
     p.add_argument("--steps", type=int, help="training steps per run")
     p.add_argument("--batch-size", type=int, help="batch size per run")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -27,6 +28,7 @@ from typing import Any
 import yaml
 
 from ..errors import OptionError
+from ..phema import SIGMA_REL_MAX
 from .precision import PRECISIONS
 
 __all__ = [
@@ -100,6 +102,17 @@ class AdaptiveConfig:
 
 
 @dataclass
+class UncertaintyConfig:
+    """EDM2's learned uncertainty weighting (:mod:`diffusion_objectives.uncertainty`): a log-variance head u(λ)
+    with ``channels`` Fourier features of ``bandwidth``, trained jointly; the loss becomes ℓ_w e^{−u} + D u
+    (docs/objectives.md, "Learned uncertainty weighting")."""
+
+    enabled: bool = False
+    channels: int = 128
+    bandwidth: float = 1.0
+
+
+@dataclass
 class LossConfig:
     """The objective: a preset of :mod:`diffusion_objectives.objectives` (or ``None`` to build it only
     from the three components), with component overrides. ``stratified`` draws the global batch's λ on
@@ -110,6 +123,7 @@ class LossConfig:
     schedule: Component = field(default_factory=Component)
     parameterization: Component = field(default_factory=Component)
     adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
+    uncertainty: UncertaintyConfig = field(default_factory=UncertaintyConfig)
     stratified: bool = False
     log_bins: int = 10
 
@@ -132,10 +146,14 @@ class OptimConfig:
 @dataclass
 class EMAConfig:
     """EMA of the weights with a half-life in images: β = 0.5^(batch/half_life). With
-    ``rampup_ratio`` r the half-life is min(half_life_images, r · images_seen) (EDM22)."""
+    ``rampup_ratio`` r the half-life is min(half_life_images, r · images_seen) (EDM22).
+    ``posthoc_sigma_rels`` (empty: off): EDM2's power-function EMAs tracked at these relative widths, saved
+    every ``snapshot_every`` steps (and at the end) into ``RUN/phema/`` for ``diffobj ema`` (docs/ema.md)."""
 
     half_life_images: float = 50_000.0
     rampup_ratio: float | None = 0.05
+    posthoc_sigma_rels: list[float] = field(default_factory=list)
+    snapshot_every: int = 0
 
 
 @dataclass
@@ -347,6 +365,11 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise OptionError(f"config key {key!r} must be {_type_name(tp)}, got {value!r}")
         return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    if origin is list:
+        (arg,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise OptionError(f"config key {key!r} must be {_type_name(tp)}, got {value!r}")
+        return [_convert(v, arg, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict or tp is dict:
         if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
             raise OptionError(f"config key {key!r} must be a mapping with string keys, got {value!r}")
@@ -593,6 +616,15 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> TrainConfig:
     need(a.bins >= 1, "loss.adaptive.bins", "a positive integer", a.bins)
     need(0.0 <= a.decay < 1.0, "loss.adaptive.decay", "a number in [0, 1)", a.decay)
     need(0.0 < a.floor <= 1.0, "loss.adaptive.floor", "a number in (0, 1]", a.floor)
+    u = cfg.loss.uncertainty
+    need(u.channels >= 1, "loss.uncertainty.channels", "a positive integer", u.channels)
+    need(math.isfinite(u.bandwidth) and u.bandwidth > 0, "loss.uncertainty.bandwidth", "a positive number",
+         u.bandwidth)
+    need(all(0.0 < s < SIGMA_REL_MAX for s in e.posthoc_sigma_rels)
+         and len(set(e.posthoc_sigma_rels)) == len(e.posthoc_sigma_rels), "ema.posthoc_sigma_rels",
+         f"distinct relative widths in (0, {SIGMA_REL_MAX:.4f})", e.posthoc_sigma_rels)
+    need(e.snapshot_every >= 0, "ema.snapshot_every", "a non-negative integer (steps; 0 = only at the end)",
+         e.snapshot_every)
     need(cfg.loss.log_bins >= 1, "loss.log_bins", "a positive integer", cfg.loss.log_bins)
     need(0.0 <= cfg.network.label_dropout < 1.0, "network.label_dropout", "a number in [0, 1)",
          cfg.network.label_dropout)
@@ -635,11 +667,22 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: d}
 
 
+def _with_defaults(cfg: TrainConfig | Mapping[str, Any]) -> Any:
+    """A saved config (mapping) with the keys it lacks at their defaults; as it is if it does not parse."""
+    if not isinstance(cfg, Mapping):
+        return cfg
+    try:
+        return from_dict(TrainConfig, cfg)
+    except OptionError:
+        return cfg
+
+
 def diff(old: TrainConfig | Mapping[str, Any], new: TrainConfig | Mapping[str, Any],
          keys: Sequence[str] | None = None) -> dict[str, tuple[Any, Any]]:
     """``{dotted key: (old, new)}`` for every leaf that differs, restricted to keys under ``keys``
-    (prefixes such as ``"loss"`` or ``"run.batch_size"``) when given."""
-    a, b = _flatten(to_dict(old)), _flatten(to_dict(new))
+    (prefixes such as ``"loss"`` or ``"run.batch_size"``) when given. Keys a saved config lacks (written
+    before they existed) read as their defaults."""
+    a, b = _flatten(to_dict(_with_defaults(old))), _flatten(to_dict(_with_defaults(new)))
     out = {}
     for k in sorted(set(a) | set(b)):
         va, vb = a.get(k, "<unset>"), b.get(k, "<unset>")

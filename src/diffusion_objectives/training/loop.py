@@ -9,12 +9,15 @@ Per optimizer step (all counts in images unless they say steps):
    global RNG reseeded by (seed, step, rank, micro-batch) inside ``fork_rng``. So the numbers depend on
    (seed, step) only: resuming needs no RNG state, and W processes see the same ε and λ as one;
 3. the loss ½ (w(λ)/p(λ)) ‖ε̂ − ε‖² (KG23 Eq. 8, :class:`~diffusion_objectives.WeightedLoss`), averaged
-   over the global batch (DDP averages the per-rank means);
+   over the global batch (DDP averages the per-rank means); with ``loss.uncertainty.enabled`` EDM2's
+   ℓ_w e^{−u(λ)} + D u(λ) (:class:`~diffusion_objectives.uncertainty.UncertaintyWeightedLoss`), the head u
+   trained in its own AdamW group, its gradients averaged over the ranks like the network's;
 4. one all-reduce of [non-finite count, stop request, loss sums per λ-bin, adaptive-schedule sums and
    counts], so every rank takes the same decision (update, skip, stop) and the adaptive schedule (docs/theory.md,
    "The adaptive schedule") holds the same state everywhere;
 5. AdamW with linear warm-up over ``warmup_images`` (and optional 1/√ decay), gradient clipping, and an
-   EMA of the weights with β = 0.5^(B / half-life) (half-life in images).
+   EMA of the weights with β = 0.5^(B / half-life) (half-life in images); with ``ema.posthoc_sigma_rels``
+   EDM2's power-function EMAs too (:class:`~diffusion_objectives.phema.PowerEMA`, snapshots in ``RUN/phema/``).
 
 Non-finite loss or gradient: stop with :class:`NonFiniteError` (default; the last checkpoint is left
 untouched) or skip the update (``run.nonfinite=skip``, at most ``max_consecutive_skips`` in a row).
@@ -40,14 +43,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import locking
+from .. import locking, phema
 from ..adaptive import AdaptiveSchedule
 from ..errors import OptionError
+from ..uncertainty import LogVarianceHead, UncertaintyWeightedLoss
 from . import checkpoint as ckpt_io
 from . import distributed, rundir
 from .build import build_dataset, build_network, build_objective, complete_network_params, derive_seed
 from .config import GUARDED_KEYS, TrainConfig, diff, dump_yaml, format_diff, from_dict, to_dict, validate
 from .distributed import Dist
+from .posthoc import PHEMA_DIR
 from .precision import autocast as precision_autocast
 from .precision import resolve_precision
 
@@ -419,6 +424,9 @@ def _train(cfg: TrainConfig, dataset: Any, run_dir: Path, ck_dir: Path, resume: 
         _restore(source, "ema.safetensors", lambda: ema.load_state_dict(start.ema))
     objective = build_objective(cfg.loss)
     loss_fn = objective.loss()
+    head = _uncertainty_head(cfg, device, source, state)
+    if head is not None:
+        loss_fn = UncertaintyWeightedLoss(loss_fn, head)
     schedule = objective.schedule
     adaptive = schedule if isinstance(schedule, AdaptiveSchedule) else None
     if adaptive is not None and state.get("adaptive") is not None:
@@ -431,7 +439,10 @@ def _train(cfg: TrainConfig, dataset: Any, run_dir: Path, ck_dir: Path, resume: 
 
     # fused AdamW (one kernel for all parameters): 4-6 % faster training steps on the CPU presets, losses equal
     # to 3e-7 relative (benchmarks/README.md, throughput)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
+    groups: list[dict[str, Any]] = [{"params": list(net.parameters())}]
+    if head is not None:  # the log-variance head: its own group, no weight decay
+        groups.append({"params": list(head.parameters()), "weight_decay": 0.0})
+    opt = torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
                             weight_decay=cfg.optim.weight_decay, fused=device.type in ("cpu", "cuda"))
     if start is not None:
         _restore(source, "training_state.pt", lambda: opt.load_state_dict(state["optimizer"]))
@@ -445,6 +456,7 @@ def _train(cfg: TrainConfig, dataset: Any, run_dir: Path, ck_dir: Path, resume: 
     images_seen, skips = _restore(source, "training_state.pt", lambda: (
         int(state.get("images_seen", step * B)), int(state.get("consecutive_skips", 0))))
     last_ckpt: Path | None = source
+    tracker = _posthoc_tracker(cfg, net, source, state)
 
     # -- run directory files -----------------------------------------------------------------------------------
     stats_path = run_dir / "stats.jsonl"
@@ -479,6 +491,7 @@ def _train(cfg: TrainConfig, dataset: Any, run_dir: Path, ck_dir: Path, resume: 
     elif d.is_main and line_every_s is not None:
         lines = _ProgressLines(line_every_s, r.steps, step, B, lambda msg: log(msg, "progress"))
     bins_adaptive = adaptive.bins if adaptive is not None else 0
+    run_id = derive_seed("run", str(run_dir.resolve()), cfg.seed).to_bytes(8, "little").hex()
     sample_noise = None
     status = "finished"
 
@@ -499,6 +512,7 @@ def _train(cfg: TrainConfig, dataset: Any, run_dir: Path, ck_dir: Path, resume: 
             "grad_norm": _json_float(interval.grad_norm_sum / max(interval.steps - interval.skipped, 1)),
             "skipped_steps": interval.skipped,
             "ema_beta": ema_beta(cfg, images_seen),
+            **(_weighting_record(loss_fn, lo, hi, K) if head is not None else {}),
             "time": {"step_s": interval.time / interval.steps,
                      "steps_per_s": interval.steps / interval.time if interval.time > 0 else None,
                      "images_per_s": interval.steps * B / interval.time if interval.time > 0 else None,
@@ -520,12 +534,18 @@ def _train(cfg: TrainConfig, dataset: Any, run_dir: Path, ck_dir: Path, resume: 
         if d.is_main:
             st = {"step": now_step, "images_seen": images_seen, "optimizer": opt.state_dict(),
                   "adaptive": adaptive.state_dict() if adaptive is not None else None,
-                  "consecutive_skips": skips}
+                  "consecutive_skips": skips,
+                  "uncertainty_head": head.state_dict() if head is not None else None,
+                  "posthoc_ema": tracker.state_dict() if tracker is not None else None}
             last_ckpt = ckpt_io.save(ck_dir, now_step, model=net.state_dict(), ema=ema.state_dict(), state=st,
                                      config=resolved, keep=r.keep_checkpoints, images_seen=images_seen,
                                      warn=log.warn)
             log(f"checkpoint {last_ckpt.name} written")
         distributed.barrier(d)
+
+    def snapshot() -> None:
+        if d.is_main and tracker.step > 0:
+            phema.save_snapshots(tracker, run_dir / PHEMA_DIR, run=run_id, extra={"config": resolved})
 
     def samples(now_step: int) -> None:
         nonlocal sample_noise
@@ -539,6 +559,7 @@ def _train(cfg: TrainConfig, dataset: Any, run_dir: Path, ck_dir: Path, resume: 
 
     ema_params = list(ema.parameters())
     net_params = list(net.parameters())
+    head_params = list(head.parameters()) if head is not None else []
     autocast = precision_autocast(precision, device)
     fork_devices = [device] if device.type == "cuda" else []
 
@@ -585,12 +606,16 @@ def _train(cfg: TrainConfig, dataset: Any, run_dir: Path, ck_dir: Path, resume: 
                         if dbg.nonfinite_step == step and dbg.nonfinite_rank in (None, d.rank):
                             loss = loss * float("nan")
                         (loss.sum() / local).backward()
-                    losses.append(loss.detach().float())
+                    # logged: the base loss ℓ_w (with the uncertainty head a non-finite ℓ_u shows in the gradient)
+                    losses.append((loss if head is None else out.weighted).detach().float())
                     lams.append(out.logsnr.detach().float())
                     wmse.append(out.weighted_eps_mse.detach())
                 loss_v, lam_v = torch.cat(losses), torch.cat(lams)
+                if head_params and d.enabled:  # DDP averages the network's gradients; the head's likewise
+                    _average_gradients(head_params, d)
                 grad_norm = torch.nn.utils.clip_grad_norm_(
-                    net_params, cfg.optim.grad_clip if cfg.optim.grad_clip is not None else float("inf"))
+                    net_params + head_params,
+                    cfg.optim.grad_clip if cfg.optim.grad_clip is not None else float("inf"))
 
                 # -- one all-reduce: agreement on the decision, logged losses, adaptive statistics ------------
                 finite = torch.isfinite(loss_v)
@@ -642,6 +667,8 @@ def _train(cfg: TrainConfig, dataset: Any, run_dir: Path, ck_dir: Path, resume: 
                         torch._foreach_lerp_(ema_params, [p.detach() for p in net_params], 1.0 - beta)
                         for be, b in zip(ema.buffers(), net.buffers(), strict=True):
                             be.copy_(b)
+                    if tracker is not None:
+                        tracker.update(net.state_dict(), step + 1)
                     if adaptive is not None:
                         a0 = 5 + 2 * K
                         adaptive.update_from_statistics(vec[a0:a0 + bins_adaptive],
@@ -667,6 +694,8 @@ def _train(cfg: TrainConfig, dataset: Any, run_dir: Path, ck_dir: Path, resume: 
                     on_step(step)
                 if r.sample_every > 0 and step % r.sample_every == 0 and step < r.steps:
                     samples(step)
+                if tracker is not None and cfg.ema.snapshot_every > 0 and step % cfg.ema.snapshot_every == 0:
+                    snapshot()
                 if stop_req and step < r.steps:
                     save(step)
                     if d.is_main:
@@ -678,6 +707,8 @@ def _train(cfg: TrainConfig, dataset: Any, run_dir: Path, ck_dir: Path, resume: 
                     save(step)
             if status == "finished":
                 record(step)
+                if tracker is not None:
+                    snapshot()
                 save(step)
                 if r.sample_every > 0:
                     samples(step)
@@ -719,6 +750,72 @@ def _train(cfg: TrainConfig, dataset: Any, run_dir: Path, ck_dir: Path, resume: 
         rundir.write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         log(f"{status} at step {step} ({images_seen} images) in {elapsed:.1f} s")
     return summary
+
+
+# ---- the learned uncertainty weighting and the post-hoc EMA ---------------------------------------------------
+
+def _uncertainty_head(cfg: TrainConfig, device: torch.device, source: Path | None,
+                      state: dict[str, Any]) -> LogVarianceHead | None:
+    """EDM2's log-variance head u(λ) if ``loss.uncertainty.enabled`` (the same random features on every rank:
+    drawn from a generator seeded by the run's seed), restored from the training state when resuming."""
+    u = cfg.loss.uncertainty
+    if not u.enabled:
+        return None
+    g = torch.Generator().manual_seed(derive_seed("uncertainty-head", cfg.seed))
+    head = LogVarianceHead(u.channels, bandwidth=u.bandwidth, generator=g)
+    if source is not None:
+        saved = state.get("uncertainty_head")
+        if saved is None:
+            raise ckpt_io.CheckpointError(f"checkpoint {str(source)!r} has no uncertainty head, but "
+                                          "loss.uncertainty.enabled is true")
+        _restore(source, "training_state.pt", lambda: head.load_state_dict(saved))
+    return head.to(device).train()
+
+
+def _posthoc_tracker(cfg: TrainConfig, net: torch.nn.Module, source: Path | None,
+                     state: dict[str, Any]) -> phema.PowerEMA | None:
+    """EDM2's power-function EMAs at ``ema.posthoc_sigma_rels`` (None if empty), restored when resuming."""
+    if not cfg.ema.posthoc_sigma_rels:
+        return None
+    tracker = phema.PowerEMA(net.state_dict(), cfg.ema.posthoc_sigma_rels)
+    if source is not None:
+        saved = state.get("posthoc_ema")
+        if saved is None:
+            raise ckpt_io.CheckpointError(f"checkpoint {str(source)!r} has no post-hoc EMA state, but "
+                                          "ema.posthoc_sigma_rels is set")
+        _restore(source, "training_state.pt", lambda: tracker.load_state_dict(saved))
+    return tracker
+
+
+def _average_gradients(params: list[torch.nn.Parameter], d: Dist) -> None:
+    """Replace each gradient by its mean over the ranks (what DDP does for the network's)."""
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    distributed.all_reduce_sum(flat, d)
+    flat /= d.world_size
+    offset = 0
+    for p in params:
+        n = p.grad.numel()
+        p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+        offset += n
+
+
+def _weighting_record(loss_fn: UncertaintyWeightedLoss, lo: float, hi: float, bins: int) -> dict[str, Any]:
+    """stats.jsonl fields at the centres λ_k of the ``bins`` logged λ-bins: the effective weighting
+    w(λ) e^{−u(λ)} and the base w, each normalised to unit trapezoid integral over the centres
+    (:meth:`~diffusion_objectives.uncertainty.UncertaintyWeightedLoss.effective_weighting`), and u(λ_k)."""
+    edges = torch.linspace(lo, hi, bins + 1, dtype=torch.float64)
+    centres = (edges[:-1] + edges[1:]) / 2
+    if bins < 2:
+        return {}
+    w_eff = loss_fn.effective_weighting(centres)
+    w = loss_fn.weighting(centres).to(torch.float64)
+    w = w / torch.trapezoid(w, centres)
+    with torch.no_grad():
+        u = loss_fn.head(centres.to(next(loss_fn.head.parameters()).device)).double().cpu()
+    return {"logsnr_bin_centres": centres.tolist(),
+            "w_eff_per_logsnr_bin": [_json_float(float(v)) for v in w_eff],
+            "w_per_logsnr_bin": [_json_float(float(v)) for v in w],
+            "u_per_logsnr_bin": [_json_float(float(v)) for v in u]}
 
 
 # ---- sample grids -------------------------------------------------------------------------------------------------
