@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import json
 import math
@@ -42,7 +43,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
+from .. import data as data_module
 from .. import locking, phema
 from ..adaptive import AdaptiveSchedule
 from ..errors import OptionError
@@ -364,25 +368,209 @@ def _already_complete(start: ckpt_io.Checkpoint, run_dir: Path, steps: int, worl
                       "checkpoint": str(start.path), "resumed_from": str(start.path), "world_size": world}
 
 
+@dataclasses.dataclass
+class TrainState:
+    """What the optimizer steps read and change: the counters, the trained modules and their optimizer state.
+
+    ``model`` is ``net`` or its DDP wrapper; ``ema`` the EMA of ``net``'s weights; ``head`` EDM2's log-variance
+    head u(λ) (with ``loss.uncertainty.enabled``); ``tracker`` the post-hoc power-function EMAs; ``adaptive``
+    the adaptive schedule (docs/theory.md, "The adaptive schedule") when the objective uses one.
+    """
+
+    step: int
+    images_seen: int
+    skips: int  # consecutive skipped (non-finite) updates
+    net: torch.nn.Module
+    model: torch.nn.Module
+    ema: torch.nn.Module
+    opt: torch.optim.Optimizer
+    loss_fn: Any
+    adaptive: AdaptiveSchedule | None
+    head: LogVarianceHead | None
+    tracker: phema.PowerEMA | None
+    last_ckpt: Path | None
+    sample_noise: Tensor | None = None
+    last_record: dict[str, Any] = dataclasses.field(default_factory=dict)
+    net_params: list[torch.nn.Parameter] = dataclasses.field(init=False)
+    ema_params: list[torch.nn.Parameter] = dataclasses.field(init=False)
+    head_params: list[torch.nn.Parameter] = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.net_params = list(self.net.parameters())
+        self.ema_params = list(self.ema.parameters())
+        self.head_params = list(self.head.parameters()) if self.head is not None else []
+
+
+@dataclasses.dataclass
+class _Run:
+    """What stays fixed during a run: its config, data, process group, objective, files and interval statistics."""
+
+    cfg: TrainConfig
+    dataset: Any
+    d: Dist
+    log: _RunLog
+    run_dir: Path
+    ck_dir: Path
+    resolved: dict[str, Any]  # the config as recorded (precision resolved)
+    objective: Any
+    source: Path | None  # the checkpoint resumed from
+    precision: Any
+    t_start: float
+    null_label: int | None
+    interval: _Interval = dataclasses.field(init=False)
+    run_id: str = dataclasses.field(init=False)
+    autocast: Any = dataclasses.field(init=False)
+    fork_devices: list[torch.device] = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.interval = _Interval(self.cfg.loss.log_bins)
+        self.run_id = derive_seed("run", str(self.run_dir.resolve()), self.cfg.seed).to_bytes(8, "little").hex()
+        self.autocast = precision_autocast(self.precision, self.device)
+        self.fork_devices = [self.device] if self.device.type == "cuda" else []
+
+    @property
+    def device(self) -> torch.device:
+        return self.d.device
+
+    @property
+    def local(self) -> int:
+        """Examples per rank and step: B / W."""
+        return self.cfg.run.batch_size // self.d.world_size
+
+    @property
+    def micro(self) -> int:
+        """Examples per micro-batch: B / (W · grad_accum)."""
+        return self.local // self.cfg.run.grad_accum
+
+    @property
+    def logsnr_range(self) -> tuple[float, float]:
+        return self.objective.schedule.logsnr_min, self.objective.schedule.logsnr_max
+
+
+@dataclasses.dataclass
+class _Outputs:
+    """Where a run reports (main rank only; None elsewhere): stats.jsonl, TensorBoard, progress bar or lines."""
+
+    stats_file: Any = None
+    tb: Any = None
+    bar: Any = None
+    lines: _ProgressLines | None = None
+
+    def close(self) -> None:
+        for sink in (self.bar, self.stats_file, self.tb):
+            if sink is not None:
+                sink.close()
+
+
+@dataclasses.dataclass
+class _Batch:
+    """This rank's slice of the step's global batch: x [b, *shape], ε [b, *shape], λ [b], labels [b] or None."""
+
+    x: Tensor
+    eps: Tensor
+    logsnr: Tensor
+    labels: Tensor | None
+
+
+@dataclasses.dataclass
+class _Backward:
+    """One rank's forward/backward: logged loss [b], its λ [b], w(λ)‖ε̂ − ε‖² per micro-batch, gradient norm."""
+
+    loss: Tensor
+    logsnr: Tensor
+    weighted_eps_mse: list[Tensor]
+    grad_norm: Tensor
+
+
+@dataclasses.dataclass
+class StepStatistics:
+    """The per-step statistics every rank needs, summed over the ranks in a single all-reduce.
+
+    All float64. Scalars []: non-finite losses, non-finite gradient norm (0/1), stop requested (0/1), sum and
+    count of the finite losses; per λ-bin [K]: loss sums and counts; with the adaptive schedule, its sums and
+    counts per bin [bins]. :meth:`pack` lays them out in this order in one vector, :meth:`unpack` reads it back.
+    """
+
+    bad_loss: Tensor
+    bad_grad: Tensor
+    stop: Tensor
+    loss_sum: Tensor
+    count: Tensor
+    bin_sum: Tensor
+    bin_count: Tensor
+    adaptive_sum: Tensor | None = None
+    adaptive_count: Tensor | None = None
+
+    def pack(self) -> Tensor:
+        parts = [torch.stack([self.bad_loss, self.bad_grad, self.stop, self.loss_sum, self.count]),
+                 self.bin_sum, self.bin_count]
+        if self.adaptive_sum is not None:
+            parts += [self.adaptive_sum, self.adaptive_count]
+        return torch.cat(parts)
+
+    @classmethod
+    def unpack(cls, vec: Tensor, bins: int, adaptive_bins: int | None) -> StepStatistics:
+        a0 = 5 + 2 * bins
+        adaptive = (None, None) if adaptive_bins is None else (
+            vec[a0:a0 + adaptive_bins], vec[a0 + adaptive_bins:a0 + 2 * adaptive_bins])
+        return cls(vec[0], vec[1], vec[2], vec[3], vec[4], vec[5:5 + bins], vec[5 + bins:a0], *adaptive)
+
+    def all_reduce(self, d: Dist) -> StepStatistics:
+        """The sums over the ranks (on the CPU)."""
+        vec = distributed.all_reduce_sum(self.pack(), d).cpu()
+        return self.unpack(vec, len(self.bin_sum), None if self.adaptive_sum is None else len(self.adaptive_sum))
+
+
 def _train(cfg: TrainConfig, dataset: Any, run_dir: Path, ck_dir: Path, resume: str, override: bool, d: Dist,
            log: _RunLog, progress: bool | None, handle_signals: bool,
            on_step: Callable[[int], None] | None) -> dict[str, Any]:
-    from .. import data as data_module
-
     t_start = time.perf_counter()
-    device = d.device
-    r = cfg.run
-    B, W, A = r.batch_size, d.world_size, r.grad_accum
-    local, micro = B // W, B // (W * A)
-
-    # -- network shape from the data ----------------------------------------------------------------------
-    cfg.network = complete_network_params(cfg.network, dataset, cfg.seed)
-    precision = resolve_precision(r.precision, device)
-    r.precision = precision.name  # the run's config records what it ran with (auto resolved)
+    cfg.network = complete_network_params(cfg.network, dataset, cfg.seed)  # network shape from the data
+    precision = resolve_precision(cfg.run.precision, d.device)
+    cfg.run.precision = precision.name  # the run's config records what it ran with (auto resolved)
     resolved = to_dict(cfg)
+    start = _start_from(cfg, resolved, run_dir, ck_dir, resume, override, d, log)
+    if start is not None and start.step >= cfg.run.steps:
+        return _already_complete(start, run_dir, cfg.run.steps, d.world_size, log)
+    ts, objective = _build_state(cfg, d, start)
+    run = _Run(cfg, dataset, d, log, run_dir, ck_dir, resolved, objective, None if start is None else start.path,
+               precision, t_start, getattr(ts.net, "null_label", None))
+    out = _open_outputs(run, ts, resumed=start is not None, progress=progress)
+    status = "finished"
+    try:
+        with _stop_on_signals(handle_signals) as stop:
+            while ts.step < cfg.run.steps:
+                stop_req = _train_step(run, ts, out, stop["signal"] is not None)
+                if _after_step(run, ts, out, stop_req, stop, on_step):
+                    status = "interrupted"
+                    break
+            if status == "finished":
+                _record(run, ts, out)
+                if ts.tracker is not None:
+                    _snapshot(run, ts)
+                _save(run, ts)
+                if cfg.run.sample_every > 0:
+                    _samples(run, ts)
+    except KeyboardInterrupt:  # a second Ctrl-C during the graceful stop: leave at once, nothing half-written
+        how = "interrupted again" if handle_signals else "interrupted"
+        newest = _newest_published(ck_dir) if d.is_main else ts.last_ckpt
+        msg = (f"{how} at step {ts.step}; the last complete checkpoint {str(newest) if newest else '(none)'} is "
+               "intact (one being written is discarded whole); rerun the same command to resume from it")
+        log.warn(msg)
+        raise TrainingInterrupted(msg) from None
+    finally:
+        out.close()
+    return _summarize(run, ts, status)
 
-    # -- where to start from ------------------------------------------------------------------------------
-    warn = log.warn if d.is_main else (lambda msg: None)
+
+def _main_warn(d: Dist, log: _RunLog) -> Callable[[str], None]:
+    return log.warn if d.is_main else (lambda msg: None)
+
+
+def _start_from(cfg: TrainConfig, resolved: dict[str, Any], run_dir: Path, ck_dir: Path, resume: str,
+                override: bool, d: Dist, log: _RunLog) -> ckpt_io.Checkpoint | None:
+    """The checkpoint to resume from (None: start afresh), checked against the config."""
+    warn = _main_warn(d, log)
     picked: dict[str, ckpt_io.Checkpoint | None] = {}
 
     def pick() -> str | None:
@@ -391,27 +579,31 @@ def _train(cfg: TrainConfig, dataset: Any, run_dir: Path, ck_dir: Path, resume: 
 
     chosen = _on_main(d, pick)  # the main rank decides (and quarantines); the others load what it chose
     start = picked["start"] if d.is_main else (ckpt_io.load(chosen) if chosen is not None else None)
-    source = None if start is None else start.path
-    state: dict[str, Any] = {}
-    if start is not None:
-        changed = diff(start.config, resolved, GUARDED_KEYS)
-        if changed and not override:
-            raise OptionError(f"cannot resume from {str(source)!r}: the config changed\n{format_diff(changed)}\n"
-                              "(pass --allow-config-change to resume anyway, or use a new --out)")
-        if changed:
-            warn(f"resuming despite config changes:\n{format_diff(changed)}")
-        other = diff(start.config, resolved)
-        if other and not changed:
-            log(f"config changes on resume (allowed):\n{format_diff(other)}")
-        state = start.state
-        if state.get("format_version") != ckpt_io.FORMAT_VERSION:
-            raise ckpt_io.CheckpointError(f"checkpoint {str(source)!r}: unknown training-state format")
-        if start.step >= r.steps:
-            if source.parent.resolve() != ck_dir.resolve():
-                raise OptionError(f"checkpoint {str(source)!r} is at step {start.step}, not before run.steps = "
-                                  f"{r.steps}: nothing to train (raise run.steps)")
-            return _already_complete(start, run_dir, r.steps, W, log)
+    if start is None:
+        return None
+    source = start.path
+    changed = diff(start.config, resolved, GUARDED_KEYS)
+    if changed and not override:
+        raise OptionError(f"cannot resume from {str(source)!r}: the config changed\n{format_diff(changed)}\n"
+                          "(pass --allow-config-change to resume anyway, or use a new --out)")
+    if changed:
+        warn(f"resuming despite config changes:\n{format_diff(changed)}")
+    other = diff(start.config, resolved)
+    if other and not changed:
+        log(f"config changes on resume (allowed):\n{format_diff(other)}")
+    if start.state.get("format_version") != ckpt_io.FORMAT_VERSION:
+        raise ckpt_io.CheckpointError(f"checkpoint {str(source)!r}: unknown training-state format")
+    if start.step >= cfg.run.steps and source.parent.resolve() != ck_dir.resolve():
+        raise OptionError(f"checkpoint {str(source)!r} is at step {start.step}, not before run.steps = "
+                          f"{cfg.run.steps}: nothing to train (raise run.steps)")
+    return start
 
+
+def _build_state(cfg: TrainConfig, d: Dist, start: ckpt_io.Checkpoint | None) -> tuple[TrainState, Any]:
+    """The network, its EMA, the objective, the optimizer and the counters, restored from ``start`` if given."""
+    device, B = d.device, cfg.run.batch_size
+    source = None if start is None else start.path
+    state: dict[str, Any] = {} if start is None else start.state
     net = build_network(cfg.network)
     if start is not None:
         try:
@@ -427,14 +619,10 @@ def _train(cfg: TrainConfig, dataset: Any, run_dir: Path, ck_dir: Path, resume: 
     head = _uncertainty_head(cfg, device, source, state)
     if head is not None:
         loss_fn = UncertaintyWeightedLoss(loss_fn, head)
-    schedule = objective.schedule
-    adaptive = schedule if isinstance(schedule, AdaptiveSchedule) else None
+    adaptive = objective.schedule if isinstance(objective.schedule, AdaptiveSchedule) else None
     if adaptive is not None and state.get("adaptive") is not None:
         adaptive.load_state_dict(state["adaptive"])
-    lo, hi = schedule.logsnr_min, schedule.logsnr_max
-    conditional = cfg.network.conditional
-    null_label = getattr(net, "null_label", None)
-    if conditional and null_label is None:
+    if cfg.network.conditional and getattr(net, "null_label", None) is None:
         raise OptionError(f"network {cfg.network.name!r} is not class-conditional (no null_label)")
 
     # fused AdamW (one kernel for all parameters): 4-6 % faster training steps on the CPU presets, losses equal
@@ -448,307 +636,322 @@ def _train(cfg: TrainConfig, dataset: Any, run_dir: Path, ck_dir: Path, resume: 
         _restore(source, "training_state.pt", lambda: opt.load_state_dict(state["optimizer"]))
     model: torch.nn.Module = net
     if d.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
         model = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
 
     step = start.step if start is not None else 0
     images_seen, skips = _restore(source, "training_state.pt", lambda: (
         int(state.get("images_seen", step * B)), int(state.get("consecutive_skips", 0))))
-    last_ckpt: Path | None = source
     tracker = _posthoc_tracker(cfg, net, source, state)
+    ts = TrainState(step=step, images_seen=images_seen, skips=skips, net=net, model=model, ema=ema, opt=opt,
+                    loss_fn=loss_fn, adaptive=adaptive, head=head, tracker=tracker, last_ckpt=source)
+    return ts, objective
 
-    # -- run directory files -----------------------------------------------------------------------------------
-    stats_path = run_dir / "stats.jsonl"
-    tb = None
-    if d.is_main:
-        rundir.write_text_atomic(run_dir / "config.yaml", dump_yaml(from_dict(TrainConfig, resolved)))
-        rundir.rewrite_stats(stats_path, step if start is not None else -1, warn)
-        n_params = sum(p.numel() for p in net.parameters())
-        log(f"{'resuming from ' + str(source) if source else 'starting'} at step {step}/{r.steps}: "
-            f"dataset {dataset.name} {list(dataset.shape)} × {len(dataset)}, network {cfg.network.name} "
-            f"({n_params / 1e6:.3f}M parameters), objective {objective.name} "
-            f"(w={objective.weighting.name}, p={schedule.name}, {objective.parameterization.name}-prediction), "
-            f"batch {B} = {W} process(es) × {A} × {micro}, device {device}, seed {cfg.seed}")
-        log(f"precision {precision.name} (run.precision={precision.requested}: {precision.reason})")
-        if precision.warning:
-            log.warn(precision.warning)
-        if r.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
 
-            tb = SummaryWriter(str(run_dir / "tensorboard"))
-    stats_file = open(stats_path, "a", buffering=1) if d.is_main else None  # noqa: SIM115
+def _open_outputs(run: _Run, ts: TrainState, resumed: bool, progress: bool | None) -> _Outputs:
+    """Write config.yaml, trim stats.jsonl to the resumed step, log the run's header; open the report sinks."""
+    cfg, d, log, r = run.cfg, run.d, run.log, run.cfg.run
+    out = _Outputs()
+    if not d.is_main:
+        return out
+    stats_path = run.run_dir / "stats.jsonl"
+    rundir.write_text_atomic(run.run_dir / "config.yaml", dump_yaml(from_dict(TrainConfig, run.resolved)))
+    rundir.rewrite_stats(stats_path, ts.step if resumed else -1, _main_warn(d, log))
+    n_params = sum(p.numel() for p in ts.net.parameters())
+    objective, dataset, precision = run.objective, run.dataset, run.precision
+    log(f"{'resuming from ' + str(run.source) if run.source else 'starting'} at step {ts.step}/{r.steps}: "
+        f"dataset {dataset.name} {list(dataset.shape)} × {len(dataset)}, network {cfg.network.name} "
+        f"({n_params / 1e6:.3f}M parameters), objective {objective.name} "
+        f"(w={objective.weighting.name}, p={objective.schedule.name}, {objective.parameterization.name}-prediction), "
+        f"batch {r.batch_size} = {d.world_size} process(es) × {r.grad_accum} × {run.micro}, device {run.device}, "
+        f"seed {cfg.seed}")
+    log(f"precision {precision.name} (run.precision={precision.requested}: {precision.reason})")
+    if precision.warning:
+        log.warn(precision.warning)
+    if r.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter  # optional dependency
 
-    K = cfg.loss.log_bins
-    interval = _Interval(K)
-    last_record: dict[str, Any] = {}
-    bar = lines = None
+        out.tb = SummaryWriter(str(run.run_dir / "tensorboard"))
+    out.stats_file = open(stats_path, "a", buffering=1)  # noqa: SIM115
     show_bar, line_every_s = _progress_mode(progress)
-    if d.is_main and show_bar:
-        from tqdm import tqdm
+    if show_bar:
+        out.bar = tqdm(total=r.steps, initial=ts.step, unit="step", dynamic_ncols=True, file=sys.stderr)
+    elif line_every_s is not None:
+        out.lines = _ProgressLines(line_every_s, r.steps, ts.step, r.batch_size, lambda msg: log(msg, "progress"))
+    return out
 
-        bar = tqdm(total=r.steps, initial=step, unit="step", dynamic_ncols=True, file=sys.stderr)
-    elif d.is_main and line_every_s is not None:
-        lines = _ProgressLines(line_every_s, r.steps, step, B, lambda msg: log(msg, "progress"))
-    bins_adaptive = adaptive.bins if adaptive is not None else 0
-    run_id = derive_seed("run", str(run_dir.resolve()), cfg.seed).to_bytes(8, "little").hex()
-    sample_noise = None
-    status = "finished"
 
-    def record(now_step: int) -> None:
-        nonlocal last_record
-        if interval.steps == 0:
-            return
-        per_bin = torch.where(interval.bin_count > 0, interval.bin_sum / interval.bin_count.clamp_min(1),
-                              torch.full_like(interval.bin_sum, float("nan")))
-        loss = interval.loss_sum / interval.count if interval.count else float("nan")
-        rec = {
-            "step": now_step,
-            "images_seen": images_seen,
-            "loss": _json_float(loss),
-            "loss_per_logsnr_bin": [_json_float(float(v)) for v in per_bin],
-            "logsnr_range": [lo, hi],
-            "lr": learning_rate(cfg, images_seen - B),
-            "grad_norm": _json_float(interval.grad_norm_sum / max(interval.steps - interval.skipped, 1)),
-            "skipped_steps": interval.skipped,
-            "ema_beta": ema_beta(cfg, images_seen),
-            **(_weighting_record(loss_fn, lo, hi, K) if head is not None else {}),
-            "time": {"step_s": interval.time / interval.steps,
-                     "steps_per_s": interval.steps / interval.time if interval.time > 0 else None,
-                     "images_per_s": interval.steps * B / interval.time if interval.time > 0 else None,
-                     "elapsed_s": time.perf_counter() - t_start},
-        }
-        last_record = rec
-        if stats_file is not None:
-            stats_file.write(json.dumps(rec) + "\n")
-            stats_file.flush()
-        if tb is not None:
-            tb.add_scalar("loss", loss, now_step)
-            tb.add_scalar("lr", rec["lr"], now_step)
-        if bar is not None:
-            bar.set_postfix(loss=f"{loss:.4g}")
-        interval.reset()
+def _train_step(run: _Run, ts: TrainState, out: _Outputs, stop_requested: bool) -> bool:
+    """One optimizer step: draw the batch, forward/backward, reduce across ranks, update (or skip).
 
-    def save(now_step: int) -> None:
-        nonlocal last_ckpt
-        if d.is_main:
-            st = {"step": now_step, "images_seen": images_seen, "optimizer": opt.state_dict(),
-                  "adaptive": adaptive.state_dict() if adaptive is not None else None,
-                  "consecutive_skips": skips,
-                  "uncertainty_head": head.state_dict() if head is not None else None,
-                  "posthoc_ema": tracker.state_dict() if tracker is not None else None}
-            last_ckpt = ckpt_io.save(ck_dir, now_step, model=net.state_dict(), ema=ema.state_dict(), state=st,
-                                     config=resolved, keep=r.keep_checkpoints, images_seen=images_seen,
-                                     warn=log.warn)
-            log(f"checkpoint {last_ckpt.name} written")
-        distributed.barrier(d)
+    Returns whether any rank asked to stop."""
+    t0 = time.perf_counter()
+    lr = learning_rate(run.cfg, ts.images_seen)
+    for group in ts.opt.param_groups:
+        group["lr"] = lr
+    batch = _draw_batch(run, ts.step)
+    bw = _forward_backward(run, ts, batch)
+    stats = _reduce(run, ts, batch, bw, stop_requested)
+    n_bad_loss = int(stats.bad_loss)
+    if n_bad_loss > 0 or bool(stats.bad_grad > 0):
+        _skip_update(run, ts, bw, n_bad_loss, lr)
+    else:
+        _update(run, ts, bw, stats)
+    B, interval = run.cfg.run.batch_size, run.interval
+    ts.step += 1
+    ts.images_seen += B
+    interval.steps += 1
+    interval.loss_sum += float(stats.loss_sum)
+    interval.count += float(stats.count)
+    interval.bin_sum += stats.bin_sum
+    interval.bin_count += stats.bin_count
+    interval.time += time.perf_counter() - t0
+    if out.bar is not None:
+        out.bar.update(1)
+    if out.lines is not None:
+        out.lines.update(ts.step, float(stats.loss_sum), float(stats.count))
+    return bool(stats.stop > 0)
 
-    def snapshot() -> None:
-        if d.is_main and tracker.step > 0:
-            phema.save_snapshots(tracker, run_dir / PHEMA_DIR, run=run_id, extra={"config": resolved})
 
-    def samples(now_step: int) -> None:
-        nonlocal sample_noise
-        if not d.is_main:
-            return
-        if sample_noise is None:
-            g = torch.Generator().manual_seed(derive_seed("samples", cfg.seed))
-            sample_noise = torch.randn((r.num_samples, *dataset.shape), generator=g)
-        _write_samples(ema, objective, dataset, sample_noise, r.sample_steps, conditional,
-                       run_dir / "samples" / f"step-{now_step:08d}.png", device, log)
+def _draw_batch(run: _Run, step: int) -> _Batch:
+    """This step's randomness and data: the global batch drawn from (seed, step), then this rank's slice."""
+    cfg, dataset, device, d = run.cfg, run.dataset, run.device, run.d
+    B, local = cfg.run.batch_size, run.local
+    idx = data_module.batch_indices(len(dataset), B, cfg.seed, step)
+    lam_all = run.objective.schedule.sample(B, step_generator(cfg.seed, step, "logsnr", device),
+                                            stratified=cfg.loss.stratified, device=device)
+    eps_all = torch.randn((B, *dataset.shape), generator=step_generator(cfg.seed, step, "eps", device),
+                          device=device)
+    flip_all = (torch.rand(B, generator=step_generator(cfg.seed, step, "flip", device), device=device)
+                < 0.5) if dataset.hflip else None
+    drop_all = (torch.rand(B, generator=step_generator(cfg.seed, step, "labels", device),
+                           device=device) < cfg.network.label_dropout) if cfg.network.conditional else None
+    mine = slice(d.rank * local, (d.rank + 1) * local)
+    idx, lam_all, eps_all = idx[mine], lam_all[mine], eps_all[mine]
+    x_all = dataset.data[idx].to(device, non_blocking=True)
+    if flip_all is not None:
+        f = flip_all[mine].reshape((-1,) + (1,) * (x_all.ndim - 1))
+        x_all = torch.where(f, x_all.flip(-1), x_all)
+    labels_all = None
+    if cfg.network.conditional:
+        labels_all = dataset.labels[idx].to(device)
+        labels_all = torch.where(drop_all[mine], torch.full_like(labels_all, run.null_label), labels_all)
+    return _Batch(x_all, eps_all, lam_all, labels_all)
 
-    ema_params = list(ema.parameters())
-    net_params = list(net.parameters())
-    head_params = list(head.parameters()) if head is not None else []
-    autocast = precision_autocast(precision, device)
-    fork_devices = [device] if device.type == "cuda" else []
 
-    try:
-        with _stop_on_signals(handle_signals) as stop:
-            while step < r.steps:
-                t0 = time.perf_counter()
-                lr = learning_rate(cfg, images_seen)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                # -- this step's randomness and data (global batch, then this rank's slice) ----------------
-                idx = data_module.batch_indices(len(dataset), B, cfg.seed, step)
-                lam_all = schedule.sample(B, step_generator(cfg.seed, step, "logsnr", device),
-                                          stratified=cfg.loss.stratified, device=device)
-                eps_all = torch.randn((B, *dataset.shape), generator=step_generator(cfg.seed, step, "eps", device),
-                                      device=device)
-                flip_all = (torch.rand(B, generator=step_generator(cfg.seed, step, "flip", device), device=device)
-                            < 0.5) if dataset.hflip else None
-                drop_all = (torch.rand(B, generator=step_generator(cfg.seed, step, "labels", device),
-                                       device=device) < cfg.network.label_dropout) if conditional else None
-                mine = slice(d.rank * local, (d.rank + 1) * local)
-                idx, lam_all, eps_all = idx[mine], lam_all[mine], eps_all[mine]
-                x_all = dataset.data[idx].to(device, non_blocking=True)
-                if flip_all is not None:
-                    f = flip_all[mine].reshape((-1,) + (1,) * (x_all.ndim - 1))
-                    x_all = torch.where(f, x_all.flip(-1), x_all)
-                labels_all = None
-                if conditional:
-                    labels_all = dataset.labels[idx].to(device)
-                    labels_all = torch.where(drop_all[mine], torch.full_like(labels_all, null_label), labels_all)
+def _forward_backward(run: _Run, ts: TrainState, batch: _Batch) -> _Backward:
+    """Forward/backward over the micro-batches (DDP syncs on the last), then clip the gradients."""
+    cfg, d, step, micro = run.cfg, run.d, ts.step, run.micro
+    A = cfg.run.grad_accum
+    losses, lams, wmse = [], [], []
+    for m in range(A):
+        sl = slice(m * micro, (m + 1) * micro)
+        sync = contextlib.nullcontext() if (m == A - 1 or not d.enabled) else ts.model.no_sync()
+        with sync, torch.random.fork_rng(devices=run.fork_devices):
+            _seed_dropout(derive_seed("dropout", cfg.seed, step, d.rank, m), run.device)
+            with run.autocast:
+                out = ts.loss_fn.loss_at(ts.model, batch.x[sl], batch.eps[sl], batch.logsnr[sl],
+                                         None if batch.labels is None else batch.labels[sl])
+            loss = out.loss
+            dbg = cfg.debug
+            if dbg.nonfinite_step == step and dbg.nonfinite_rank in (None, d.rank):
+                loss = loss * float("nan")
+            (loss.sum() / run.local).backward()
+        # logged: the base loss ℓ_w (with the uncertainty head a non-finite ℓ_u shows in the gradient)
+        losses.append((loss if ts.head is None else out.weighted).detach().float())
+        lams.append(out.logsnr.detach().float())
+        wmse.append(out.weighted_eps_mse.detach())
+    if ts.head_params and d.enabled:  # DDP averages the network's gradients; the head's likewise
+        _average_gradients(ts.head_params, d)
+    grad_norm = torch.nn.utils.clip_grad_norm_(
+        ts.net_params + ts.head_params, cfg.optim.grad_clip if cfg.optim.grad_clip is not None else float("inf"))
+    return _Backward(torch.cat(losses), torch.cat(lams), wmse, grad_norm)
 
-                # -- forward/backward over the micro-batches ------------------------------------------------
-                losses, lams, wmse = [], [], []
-                for m in range(A):
-                    sl = slice(m * micro, (m + 1) * micro)
-                    sync = contextlib.nullcontext() if (m == A - 1 or not d.enabled) else model.no_sync()
-                    with sync, torch.random.fork_rng(devices=fork_devices):
-                        _seed_dropout(derive_seed("dropout", cfg.seed, step, d.rank, m), device)
-                        with autocast:
-                            out = loss_fn.loss_at(model, x_all[sl], eps_all[sl], lam_all[sl],
-                                                  None if labels_all is None else labels_all[sl])
-                        loss = out.loss
-                        dbg = cfg.debug
-                        if dbg.nonfinite_step == step and dbg.nonfinite_rank in (None, d.rank):
-                            loss = loss * float("nan")
-                        (loss.sum() / local).backward()
-                    # logged: the base loss ℓ_w (with the uncertainty head a non-finite ℓ_u shows in the gradient)
-                    losses.append((loss if head is None else out.weighted).detach().float())
-                    lams.append(out.logsnr.detach().float())
-                    wmse.append(out.weighted_eps_mse.detach())
-                loss_v, lam_v = torch.cat(losses), torch.cat(lams)
-                if head_params and d.enabled:  # DDP averages the network's gradients; the head's likewise
-                    _average_gradients(head_params, d)
-                grad_norm = torch.nn.utils.clip_grad_norm_(
-                    net_params + head_params,
-                    cfg.optim.grad_clip if cfg.optim.grad_clip is not None else float("inf"))
 
-                # -- one all-reduce: agreement on the decision, logged losses, adaptive statistics ------------
-                finite = torch.isfinite(loss_v)
-                bin_idx = ((lam_v.double() - lo) / (hi - lo) * K).floor().long().clamp(0, K - 1)
-                lv = torch.where(finite, loss_v, torch.zeros_like(loss_v)).double()
-                fin = finite.double()
-                vec = [torch.stack([(~finite).sum().double(), (~torch.isfinite(grad_norm)).double(),
-                                    torch.tensor(float(stop["signal"] is not None), device=device,
-                                                 dtype=torch.float64), lv.sum(), fin.sum()]),
-                       torch.zeros(K, dtype=torch.float64, device=device).index_add_(0, bin_idx, lv),
-                       torch.zeros(K, dtype=torch.float64, device=device).index_add_(0, bin_idx, fin)]
-                if adaptive is not None:  # w(λ)‖ε̂ − ε‖² per bin (non-finite values: never used, see below)
-                    wm = torch.cat(wmse)
-                    a_sum, a_cnt = adaptive.statistics(lam_all, torch.where(torch.isfinite(wm), wm,
-                                                                            torch.zeros_like(wm)))
-                    vec += [a_sum.to(device), a_cnt.to(device)]
-                vec = distributed.all_reduce_sum(torch.cat(vec), d).cpu()
-                n_bad_loss, bad_grad, stop_req = int(vec[0]), bool(vec[1] > 0), bool(vec[2] > 0)
-                nonfinite = n_bad_loss > 0 or bad_grad
+def _reduce(run: _Run, ts: TrainState, batch: _Batch, bw: _Backward, stop_requested: bool) -> StepStatistics:
+    """One all-reduce: agreement on the decision, logged losses per λ-bin, adaptive-schedule statistics."""
+    device, K = run.device, run.cfg.loss.log_bins
+    lo, hi = run.logsnr_range
+    finite = torch.isfinite(bw.loss)
+    bin_idx = ((bw.logsnr.double() - lo) / (hi - lo) * K).floor().long().clamp(0, K - 1)
+    lv = torch.where(finite, bw.loss, torch.zeros_like(bw.loss)).double()
+    fin = finite.double()
+    stats = StepStatistics(
+        bad_loss=(~finite).sum().double(), bad_grad=(~torch.isfinite(bw.grad_norm)).double(),
+        stop=torch.tensor(float(stop_requested), device=device, dtype=torch.float64),
+        loss_sum=lv.sum(), count=fin.sum(),
+        bin_sum=torch.zeros(K, dtype=torch.float64, device=device).index_add_(0, bin_idx, lv),
+        bin_count=torch.zeros(K, dtype=torch.float64, device=device).index_add_(0, bin_idx, fin))
+    if ts.adaptive is not None:  # w(λ)‖ε̂ − ε‖² per bin (non-finite values: never used, see _skip_update)
+        wm = torch.cat(bw.weighted_eps_mse)
+        a_sum, a_cnt = ts.adaptive.statistics(batch.logsnr, torch.where(torch.isfinite(wm), wm,
+                                                                        torch.zeros_like(wm)))
+        stats.adaptive_sum, stats.adaptive_count = a_sum.to(device), a_cnt.to(device)
+    return stats.all_reduce(run.d)
 
-                if nonfinite:
-                    skips += 1
-                    if r.nonfinite == "stop" or skips > r.max_consecutive_skips:
-                        bad = ~finite if n_bad_loss else torch.ones_like(finite)
-                        ext = torch.tensor([-float(lam_v[bad].min()) if bad.any() else -math.inf,
-                                            float(lam_v[bad].max()) if bad.any() else -math.inf],
-                                           dtype=torch.float64, device=device)
-                        ext = distributed.all_reduce_max(ext, d).cpu()
-                        what = "loss" if n_bad_loss else "gradient"
-                        why = ("" if r.nonfinite == "stop"
-                               else f" ({skips} consecutive non-finite steps > run.max_consecutive_skips)")
-                        raise NonFiniteError(
-                            f"non-finite {what} at step {step + 1} (computing step {step} -> {step + 1}){why}; "
-                            f"λ of the affected examples in [{-float(ext[0]):.4g}, {float(ext[1]):.4g}], "
-                            f"seed {cfg.seed}, lr {lr:.3g}. The last good checkpoint "
-                            f"{str(last_ckpt) if last_ckpt else '(none)'} is intact. Lower optim.lr, set "
-                            "optim.grad_clip, try run.precision=fp32, or --set run.nonfinite=skip")
-                    opt.zero_grad(set_to_none=True)
-                    interval.skipped += 1
-                    if d.is_main:
-                        log.warn(f"step {step + 1}: non-finite {'loss' if n_bad_loss else 'gradient'}, update "
-                                 f"skipped ({skips} in a row)")
-                else:
-                    skips = 0
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
-                    beta = ema_beta(cfg, images_seen + B)
-                    with torch.no_grad():
-                        torch._foreach_lerp_(ema_params, [p.detach() for p in net_params], 1.0 - beta)
-                        for be, b in zip(ema.buffers(), net.buffers(), strict=True):
-                            be.copy_(b)
-                    if tracker is not None:
-                        tracker.update(net.state_dict(), step + 1)
-                    if adaptive is not None:
-                        a0 = 5 + 2 * K
-                        adaptive.update_from_statistics(vec[a0:a0 + bins_adaptive],
-                                                        vec[a0 + bins_adaptive:a0 + 2 * bins_adaptive])
-                    interval.grad_norm_sum += float(grad_norm)
-                step += 1
-                images_seen += B
-                interval.steps += 1
-                interval.loss_sum += float(vec[3])
-                interval.count += float(vec[4])
-                interval.bin_sum += vec[5:5 + K]
-                interval.bin_count += vec[5 + K:5 + 2 * K]
-                interval.time += time.perf_counter() - t0
-                if bar is not None:
-                    bar.update(1)
-                if lines is not None:
-                    lines.update(step, float(vec[3]), float(vec[4]))
 
-                at_ckpt = r.checkpoint_every > 0 and step % r.checkpoint_every == 0
-                if step % r.log_every == 0 or at_ckpt or stop_req or step == r.steps:
-                    record(step)
-                if on_step is not None:
-                    on_step(step)
-                if r.sample_every > 0 and step % r.sample_every == 0 and step < r.steps:
-                    samples(step)
-                if tracker is not None and cfg.ema.snapshot_every > 0 and step % cfg.ema.snapshot_every == 0:
-                    snapshot()
-                if stop_req and step < r.steps:
-                    save(step)
-                    if d.is_main:
-                        log(f"stopping at step {step} on {stop['signal'] or 'a signal on another rank'}; "
-                            "checkpoint saved, rerun the same command to resume")
-                    status = "interrupted"
-                    break
-                if at_ckpt and step < r.steps:
-                    save(step)
-            if status == "finished":
-                record(step)
-                if tracker is not None:
-                    snapshot()
-                save(step)
-                if r.sample_every > 0:
-                    samples(step)
-    except KeyboardInterrupt:  # a second Ctrl-C during the graceful stop: leave at once, nothing half-written
-        how = "interrupted again" if handle_signals else "interrupted"
-        newest = _newest_published(ck_dir) if d.is_main else last_ckpt
-        msg = (f"{how} at step {step}; the last complete checkpoint {str(newest) if newest else '(none)'} is "
-               "intact (one being written is discarded whole); rerun the same command to resume from it")
-        log.warn(msg)
-        raise TrainingInterrupted(msg) from None
-    finally:
-        if bar is not None:
-            bar.close()
-        if stats_file is not None:
-            stats_file.close()
-        if tb is not None:
-            tb.close()
+def _skip_update(run: _Run, ts: TrainState, bw: _Backward, n_bad_loss: int, lr: float) -> None:
+    """A non-finite loss or gradient on some rank: skip the update, or stop with :class:`NonFiniteError`."""
+    r, d, step = run.cfg.run, run.d, ts.step
+    ts.skips += 1
+    if r.nonfinite == "stop" or ts.skips > r.max_consecutive_skips:
+        finite, lam_v = torch.isfinite(bw.loss), bw.logsnr
+        bad = ~finite if n_bad_loss else torch.ones_like(finite)
+        ext = torch.tensor([-float(lam_v[bad].min()) if bad.any() else -math.inf,
+                            float(lam_v[bad].max()) if bad.any() else -math.inf],
+                           dtype=torch.float64, device=run.device)
+        ext = distributed.all_reduce_max(ext, d).cpu()
+        what = "loss" if n_bad_loss else "gradient"
+        why = ("" if r.nonfinite == "stop"
+               else f" ({ts.skips} consecutive non-finite steps > run.max_consecutive_skips)")
+        raise NonFiniteError(
+            f"non-finite {what} at step {step + 1} (computing step {step} -> {step + 1}){why}; "
+            f"λ of the affected examples in [{-float(ext[0]):.4g}, {float(ext[1]):.4g}], "
+            f"seed {run.cfg.seed}, lr {lr:.3g}. The last good checkpoint "
+            f"{str(ts.last_ckpt) if ts.last_ckpt else '(none)'} is intact. Lower optim.lr, set "
+            "optim.grad_clip, try run.precision=fp32, or --set run.nonfinite=skip")
+    ts.opt.zero_grad(set_to_none=True)
+    run.interval.skipped += 1
+    if d.is_main:
+        run.log.warn(f"step {step + 1}: non-finite {'loss' if n_bad_loss else 'gradient'}, update "
+                     f"skipped ({ts.skips} in a row)")
 
-    digests = distributed.all_gather_object(_param_digest(net), d)
+
+def _update(run: _Run, ts: TrainState, bw: _Backward, stats: StepStatistics) -> None:
+    """The optimizer step, the EMA (β = 0.5^(B / half-life)), the post-hoc EMAs and the adaptive schedule."""
+    ts.skips = 0
+    ts.opt.step()
+    ts.opt.zero_grad(set_to_none=True)
+    beta = ema_beta(run.cfg, ts.images_seen + run.cfg.run.batch_size)
+    with torch.no_grad():
+        torch._foreach_lerp_(ts.ema_params, [p.detach() for p in ts.net_params], 1.0 - beta)
+        for be, b in zip(ts.ema.buffers(), ts.net.buffers(), strict=True):
+            be.copy_(b)
+    if ts.tracker is not None:
+        ts.tracker.update(ts.net.state_dict(), ts.step + 1)
+    if ts.adaptive is not None:
+        ts.adaptive.update_from_statistics(stats.adaptive_sum, stats.adaptive_count)
+    run.interval.grad_norm_sum += float(bw.grad_norm)
+
+
+def _after_step(run: _Run, ts: TrainState, out: _Outputs, stop_req: bool, stop: dict[str, Any],
+                on_step: Callable[[int], None] | None) -> bool:
+    """Log, sample, snapshot and checkpoint as scheduled; returns True when stopping on a signal."""
+    r, step = run.cfg.run, ts.step
+    at_ckpt = r.checkpoint_every > 0 and step % r.checkpoint_every == 0
+    if step % r.log_every == 0 or at_ckpt or stop_req or step == r.steps:
+        _record(run, ts, out)
+    if on_step is not None:
+        on_step(step)
+    if r.sample_every > 0 and step % r.sample_every == 0 and step < r.steps:
+        _samples(run, ts)
+    if ts.tracker is not None and run.cfg.ema.snapshot_every > 0 and step % run.cfg.ema.snapshot_every == 0:
+        _snapshot(run, ts)
+    if stop_req and step < r.steps:
+        _save(run, ts)
+        if run.d.is_main:
+            run.log(f"stopping at step {step} on {stop['signal'] or 'a signal on another rank'}; "
+                    "checkpoint saved, rerun the same command to resume")
+        return True
+    if at_ckpt and step < r.steps:
+        _save(run, ts)
+    return False
+
+
+def _record(run: _Run, ts: TrainState, out: _Outputs) -> None:
+    """One stats.jsonl line (and TensorBoard scalars) for the interval since the last one."""
+    interval, cfg, B = run.interval, run.cfg, run.cfg.run.batch_size
+    if interval.steps == 0:
+        return
+    lo, hi = run.logsnr_range
+    per_bin = torch.where(interval.bin_count > 0, interval.bin_sum / interval.bin_count.clamp_min(1),
+                          torch.full_like(interval.bin_sum, float("nan")))
+    loss = interval.loss_sum / interval.count if interval.count else float("nan")
+    rec = {
+        "step": ts.step,
+        "images_seen": ts.images_seen,
+        "loss": _json_float(loss),
+        "loss_per_logsnr_bin": [_json_float(float(v)) for v in per_bin],
+        "logsnr_range": [lo, hi],
+        "lr": learning_rate(cfg, ts.images_seen - B),
+        "grad_norm": _json_float(interval.grad_norm_sum / max(interval.steps - interval.skipped, 1)),
+        "skipped_steps": interval.skipped,
+        "ema_beta": ema_beta(cfg, ts.images_seen),
+        **(_weighting_record(ts.loss_fn, lo, hi, cfg.loss.log_bins) if ts.head is not None else {}),
+        "time": {"step_s": interval.time / interval.steps,
+                 "steps_per_s": interval.steps / interval.time if interval.time > 0 else None,
+                 "images_per_s": interval.steps * B / interval.time if interval.time > 0 else None,
+                 "elapsed_s": time.perf_counter() - run.t_start},
+    }
+    ts.last_record = rec
+    if out.stats_file is not None:
+        out.stats_file.write(json.dumps(rec) + "\n")
+        out.stats_file.flush()
+    if out.tb is not None:
+        out.tb.add_scalar("loss", loss, ts.step)
+        out.tb.add_scalar("lr", rec["lr"], ts.step)
+    if out.bar is not None:
+        out.bar.set_postfix(loss=f"{loss:.4g}")
+    interval.reset()
+
+
+def _save(run: _Run, ts: TrainState) -> None:
+    """A checkpoint at the current step (written by the main rank; every rank waits for it)."""
+    if run.d.is_main:
+        st = {"step": ts.step, "images_seen": ts.images_seen, "optimizer": ts.opt.state_dict(),
+              "adaptive": ts.adaptive.state_dict() if ts.adaptive is not None else None,
+              "consecutive_skips": ts.skips,
+              "uncertainty_head": ts.head.state_dict() if ts.head is not None else None,
+              "posthoc_ema": ts.tracker.state_dict() if ts.tracker is not None else None}
+        ts.last_ckpt = ckpt_io.save(run.ck_dir, ts.step, model=ts.net.state_dict(), ema=ts.ema.state_dict(),
+                                    state=st, config=run.resolved, keep=run.cfg.run.keep_checkpoints,
+                                    images_seen=ts.images_seen, warn=run.log.warn)
+        run.log(f"checkpoint {ts.last_ckpt.name} written")
+    distributed.barrier(run.d)
+
+
+def _snapshot(run: _Run, ts: TrainState) -> None:
+    if run.d.is_main and ts.tracker.step > 0:
+        phema.save_snapshots(ts.tracker, run.run_dir / PHEMA_DIR, run=run.run_id, extra={"config": run.resolved})
+
+
+def _samples(run: _Run, ts: TrainState) -> None:
+    if not run.d.is_main:
+        return
+    cfg = run.cfg
+    if ts.sample_noise is None:
+        g = torch.Generator().manual_seed(derive_seed("samples", cfg.seed))
+        ts.sample_noise = torch.randn((cfg.run.num_samples, *run.dataset.shape), generator=g)
+    _write_samples(ts.ema, run.objective, run.dataset, ts.sample_noise, cfg.run.sample_steps,
+                   cfg.network.conditional, run.run_dir / "samples" / f"step-{ts.step:08d}.png", run.device,
+                   run.log)
+
+
+def _summarize(run: _Run, ts: TrainState, status: str) -> dict[str, Any]:
+    """summary.json: status, counters, the last interval's loss and speed, parameter digests of every rank."""
+    d = run.d
+    digests = distributed.all_gather_object(_param_digest(ts.net), d)
     if len(set(digests)) > 1 and d.is_main:
-        log.warn(f"parameters differ across ranks: {digests}")
-    elapsed = time.perf_counter() - t_start
+        run.log.warn(f"parameters differ across ranks: {digests}")
+    elapsed = time.perf_counter() - run.t_start
+    last = ts.last_record
     summary = {
         "status": status,
-        "run_dir": str(run_dir),
-        "step": step,
-        "images_seen": images_seen,
-        "checkpoint": str(last_ckpt) if last_ckpt else None,
-        "resumed_from": str(source) if source else None,
-        "loss": last_record.get("loss"),
-        "steps_per_s": (last_record.get("time") or {}).get("steps_per_s"),
-        "images_per_s": (last_record.get("time") or {}).get("images_per_s"),
+        "run_dir": str(run.run_dir),
+        "step": ts.step,
+        "images_seen": ts.images_seen,
+        "checkpoint": str(ts.last_ckpt) if ts.last_ckpt else None,
+        "resumed_from": str(run.source) if run.source else None,
+        "loss": last.get("loss"),
+        "steps_per_s": (last.get("time") or {}).get("steps_per_s"),
+        "images_per_s": (last.get("time") or {}).get("images_per_s"),
         "elapsed_s": elapsed,
-        "world_size": W,
-        "precision": precision.as_dict(),
+        "world_size": d.world_size,
+        "precision": run.precision.as_dict(),
         "param_digests": digests,
     }
     if d.is_main:
-        rundir.write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-        log(f"{status} at step {step} ({images_seen} images) in {elapsed:.1f} s")
+        rundir.write_text_atomic(run.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        run.log(f"{status} at step {ts.step} ({ts.images_seen} images) in {elapsed:.1f} s")
     return summary
 
 
