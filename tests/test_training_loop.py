@@ -13,12 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 from diffusion_objectives.errors import OptionError
 from diffusion_objectives.training import build_network, config, load_for_inference, train
 from diffusion_objectives.training import checkpoint as ck
-from diffusion_objectives.training.loop import NonFiniteError
+from diffusion_objectives.training.distributed import Dist
+from diffusion_objectives.training.loop import NonFiniteError, StepStatistics
 
 TOY = ["data.n=2048", "network.hidden=32", "network.depth=2", "network.fourier_features=16",
        "run.batch_size=32", "run.sample_every=0", "run.log_every=1", "optim.warmup_images=0", "run.device=cpu"]
@@ -342,3 +345,26 @@ def test_digits_short_run_loss_decreases(tmp_path):
     assert after < 0.7 * before
     stats = _stats(tmp_path)
     assert sum(r["loss"] for r in stats[-2:]) < sum(r["loss"] for r in stats[:2])
+
+
+@given(bins=st.integers(1, 12), adaptive_bins=st.one_of(st.none(), st.integers(1, 12)), seed=st.integers(0, 2**31))
+def test_step_statistics_pack_unpack_round_trip(bins, adaptive_bins, seed):
+    """The one-vector layout: [bad loss, bad grad, stop, loss sum, count, K bin sums, K bin counts, (adaptive sums,
+    adaptive counts)]; unpacking the packed vector gives every field back, and one process's all-reduce is the
+    identity."""
+    g = torch.Generator().manual_seed(seed)
+    n = 5 + 2 * bins + (0 if adaptive_bins is None else 2 * adaptive_bins)
+    vec = torch.randn(n, generator=g, dtype=torch.float64)
+    stats = StepStatistics.unpack(vec, bins, adaptive_bins)
+    assert [float(stats.bad_loss), float(stats.bad_grad), float(stats.stop), float(stats.loss_sum),
+            float(stats.count)] == vec[:5].tolist()
+    assert stats.bin_sum.tolist() == vec[5:5 + bins].tolist()
+    assert stats.bin_count.tolist() == vec[5 + bins:5 + 2 * bins].tolist()
+    if adaptive_bins is None:
+        assert stats.adaptive_sum is None and stats.adaptive_count is None
+    else:
+        assert stats.adaptive_sum.tolist() == vec[n - 2 * adaptive_bins:n - adaptive_bins].tolist()
+        assert stats.adaptive_count.tolist() == vec[n - adaptive_bins:].tolist()
+    assert torch.equal(stats.pack(), vec)
+    reduced = stats.all_reduce(Dist())
+    assert torch.equal(reduced.pack(), vec)

@@ -12,9 +12,10 @@ Per optimizer step (all counts in images unless they say steps):
    over the global batch (DDP averages the per-rank means); with ``loss.uncertainty.enabled`` EDM2's
    ℓ_w e^{−u(λ)} + D u(λ) (:class:`~diffusion_objectives.uncertainty.UncertaintyWeightedLoss`), the head u
    trained in its own AdamW group, its gradients averaged over the ranks like the network's;
-4. one all-reduce of [non-finite count, stop request, loss sums per λ-bin, adaptive-schedule sums and
-   counts], so every rank takes the same decision (update, skip, stop) and the adaptive schedule (docs/theory.md,
-   "The adaptive schedule") holds the same state everywhere;
+4. one all-reduce of :class:`StepStatistics` (non-finite counts, stop request, loss sums per λ-bin,
+   adaptive-schedule sums and counts, packed into one vector), so every rank takes the same decision
+   (update, skip, stop) and the adaptive schedule (docs/theory.md, "The adaptive schedule") holds the same
+   state everywhere;
 5. AdamW with linear warm-up over ``warmup_images`` (and optional 1/√ decay), gradient clipping, and an
    EMA of the weights with β = 0.5^(B / half-life) (half-life in images); with ``ema.posthoc_sigma_rels``
    EDM2's power-function EMAs too (:class:`~diffusion_objectives.phema.PowerEMA`, snapshots in ``RUN/phema/``).
@@ -61,7 +62,7 @@ from .precision import autocast as precision_autocast
 from .precision import resolve_precision
 
 __all__ = ["train", "TrainingError", "NonFiniteError", "TrainingInterrupted", "DEFAULT_PROGRESS_INTERVAL_S",
-           "learning_rate", "ema_beta", "step_generator"]
+           "learning_rate", "ema_beta", "step_generator", "TrainState", "StepStatistics"]
 
 DEFAULT_PROGRESS_INTERVAL_S = 60.0  # progress lines when no bar is shown (stderr not a terminal)
 
