@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import integrate
 
-from diffusion_objectives import AdaptiveSchedule, WeightedLoss, parameterizations, schedules, weightings
+from diffusion_objectives import AdaptiveSchedule, WeightedLoss, elbo, parameterizations, schedules, weightings
 from diffusion_objectives.mixtures import GaussianMixture
 
 
@@ -98,3 +98,12 @@ def test_bad_parameters():
             AdaptiveSchedule(**kwargs)
     with pytest.raises(ValueError, match="non-finite"):
         AdaptiveSchedule().update(torch.tensor([0.0]), torch.tensor([float("nan")]))
+
+
+def test_adaptive_schedule_is_a_schedule_like_without_truncation():
+    adaptive = AdaptiveSchedule(-5.0, 5.0, bins=10)
+    assert isinstance(adaptive, schedules.ScheduleLike) and not isinstance(adaptive, schedules.Schedule)
+    assert not hasattr(adaptive, "with_endpoints")
+    with pytest.raises(ValueError, match="cannot be truncated"):
+        elbo(lambda z, logsnr: torch.zeros_like(z), parameterizations.Eps(), torch.zeros(2, 2),
+             schedule=adaptive, logsnr_min=-4.0)

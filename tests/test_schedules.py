@@ -405,3 +405,26 @@ def test_sd3_cosmap_is_the_cosine_logsnr_schedule():
     draws = draws[(draws > -15) & (draws < 15)]
     ours = schedules.get("cosine").sample(200_000, torch.Generator().manual_seed(0), dtype=torch.float64).numpy()
     assert stats.ks_2samp(draws, ours).pvalue > 1e-3
+
+
+# ---- the class contract -------------------------------------------------------------------------------------------
+
+def test_schedule_is_abstract_in_its_base_map():
+    with pytest.raises(TypeError):
+        schedules.Schedule()
+
+    class NoInverse(schedules.Schedule):
+        def _g(self, logsnr):
+            return -logsnr
+
+        def _dg(self, logsnr):
+            return -torch.ones_like(logsnr)
+
+    with pytest.raises(TypeError, match="_g_inv"):
+        NoInverse(-1.0, 1.0)
+
+
+@pytest.mark.parametrize("name", schedules.names())
+def test_every_registered_schedule_satisfies_the_protocol(name):
+    schedule = schedules.get(name)
+    assert isinstance(schedule, schedules.Schedule) and isinstance(schedule, schedules.ScheduleLike)

@@ -19,12 +19,16 @@ import math
 import torch
 from torch import Tensor
 
-from .schedules import LOGSNR_MAX, LOGSNR_MIN, Schedule, stratified_uniform
+from .schedules import LOGSNR_MAX, LOGSNR_MIN, stratified_uniform
 
 __all__ = ["AdaptiveSchedule"]
 
 
-class AdaptiveSchedule(Schedule):
+class AdaptiveSchedule:
+    """A learned histogram density p(λ) (module docstring). Not a truncated base map, so not a
+    :class:`~diffusion_objectives.schedules.Schedule` and without ``with_endpoints``; it satisfies
+    :class:`~diffusion_objectives.schedules.ScheduleLike`, the protocol the loss, the ELBO and the samplers use."""
+
     name = "adaptive"
 
     def __init__(self, logsnr_min: float = LOGSNR_MIN, logsnr_max: float = LOGSNR_MAX, bins: int = 100,
@@ -136,6 +140,10 @@ class AdaptiveSchedule(Schedule):
         self.ema_weight = state["ema_weight"].to(torch.float64).clone()
         self._q = None
 
-    def params(self):
+    def params(self) -> dict[str, float]:
         return {"logsnr_min": self.logsnr_min, "logsnr_max": self.logsnr_max, "bins": self.bins,
                 "decay": self.decay, "floor": self.floor}
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v:g}" for k, v in self.params().items())
+        return f"{type(self).__name__}({inner})"

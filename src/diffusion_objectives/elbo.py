@@ -36,7 +36,7 @@ from torch.nn.functional import softplus
 from .adaptive import AdaptiveSchedule
 from .parameterizations import Parameterization
 from .process import add_noise
-from .schedules import LOGSNR_MAX, LOGSNR_MIN, LinearLogSNR, Schedule
+from .schedules import LOGSNR_MAX, LOGSNR_MIN, LinearLogSNR, Schedule, ScheduleLike
 
 __all__ = [
     "ElboResult",
@@ -128,7 +128,7 @@ def reconstruction_nll(x: Tensor, eps: Tensor, logsnr_max: float, levels: int) -
 
 
 def diffusion_loss_at(model: Callable[..., Tensor], parameterization: Parameterization, x: Tensor,
-                      eps: Tensor, logsnr: Tensor, proposal: Schedule, labels: Tensor | None = None) -> Tensor:
+                      eps: Tensor, logsnr: Tensor, proposal: ScheduleLike, labels: Tensor | None = None) -> Tensor:
     r"""One-sample estimate of L_diff per example: ½ ‖ε̂(z_λ; λ) − ε‖² / p(λ), ``[B]``.
 
     This is :meth:`~diffusion_objectives.loss.WeightedLoss.loss_at` with w ≡ 1 (KG23 Eq. 8),
@@ -144,7 +144,7 @@ def diffusion_loss_at(model: Callable[..., Tensor], parameterization: Parameteri
 
 def elbo(model: Callable[..., Tensor], parameterization: Parameterization, x: Tensor, levels: int | None = None,
          *, logsnr_min: float | None = None, logsnr_max: float | None = None, samples: int = 64,
-         replicates: int = 8, stratified: bool = True, schedule: Schedule | None = None, bins: int = 30,
+         replicates: int = 8, stratified: bool = True, schedule: ScheduleLike | None = None, bins: int = 30,
          reconstruction_samples: int = 16, batch_size: int = 4096, generator: torch.Generator | None = None,
          labels: Tensor | None = None) -> ElboResult:
     r"""Negative ELBO of each example of ``x`` ``[B, ...]`` under a denoiser ``model(z, logsnr)`` (nats).
@@ -236,8 +236,8 @@ def proposal_from(result: ElboResult, floor: float = 0.05) -> AdaptiveSchedule:
     return proposal
 
 
-def _proposal(schedule: Schedule | None, logsnr_min: float | None,
-              logsnr_max: float | None) -> tuple[float, float, Schedule]:
+def _proposal(schedule: ScheduleLike | None, logsnr_min: float | None,
+              logsnr_max: float | None) -> tuple[float, float, ScheduleLike]:
     """Endpoints and proposal: the schedule's endpoints unless given; the schedule truncated to them."""
     lo = float(logsnr_min if logsnr_min is not None else (schedule.logsnr_min if schedule else LOGSNR_MIN))
     hi = float(logsnr_max if logsnr_max is not None else (schedule.logsnr_max if schedule else LOGSNR_MAX))
@@ -246,10 +246,9 @@ def _proposal(schedule: Schedule | None, logsnr_min: float | None,
     if schedule is None:
         return lo, hi, LinearLogSNR(lo, hi)
     if (schedule.logsnr_min, schedule.logsnr_max) != (lo, hi):
-        try:
-            schedule = schedule.with_endpoints(lo, hi)
-        except NotImplementedError:
-            raise ValueError(f"{schedule!r} cannot be truncated to [{lo}, {hi}]; give it these endpoints") from None
+        if not isinstance(schedule, Schedule):  # e.g. an AdaptiveSchedule: no base map to truncate
+            raise ValueError(f"{schedule!r} cannot be truncated to [{lo}, {hi}]; give it these endpoints")
+        schedule = schedule.with_endpoints(lo, hi)
     return lo, hi, schedule
 
 

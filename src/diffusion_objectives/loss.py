@@ -3,9 +3,10 @@ r"""The weighted diffusion loss (KG23 Eq. 7–8; docs/theory.md, "The weighted l
     L_w(x) = ½ E_{λ~p, ε~N(0,I)} [ (w(λ)/p(λ)) · k(λ)⁻¹ · ‖out − target‖² ]
            = ½ E_{λ~p, ε} [ (w(λ)/p(λ)) · ‖ε̂ − ε‖² ]
 
-The sampling density p is the schedule (any :class:`~diffusion_objectives.schedules.Schedule`, including
-:class:`~diffusion_objectives.adaptive.AdaptiveSchedule`); it changes the variance only. ``k`` is the
-parameterization's loss factor, so the value is the same whatever the network predicts.
+The sampling density p is the schedule (any :class:`~diffusion_objectives.schedules.ScheduleLike`: a
+:class:`~diffusion_objectives.schedules.Schedule` or an :class:`~diffusion_objectives.adaptive.AdaptiveSchedule`);
+it changes the variance only. ``k`` is the parameterization's loss factor, so the value is the same whatever the network
+predicts.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import Tensor
 
 from .parameterizations import Parameterization
 from .process import add_noise
-from .schedules import Schedule
+from .schedules import ScheduleLike
 from .weightings import Weighting
 
 __all__ = ["LossOutput", "WeightedLoss"]
@@ -40,7 +41,7 @@ class WeightedLoss:
     """``loss_fn(model, x)`` draws λ ~ p, noises ``x``, calls ``model(z, logsnr)`` and returns a
     :class:`LossOutput`. ``stratified`` draws the batch's λ on VDM21's antithetic grid."""
 
-    def __init__(self, weighting: Weighting, schedule: Schedule, parameterization: Parameterization,
+    def __init__(self, weighting: Weighting, schedule: ScheduleLike, parameterization: Parameterization,
                  *, stratified: bool = False):
         if not (math.isfinite(schedule.logsnr_min) and math.isfinite(schedule.logsnr_max)):
             raise ValueError("WeightedLoss needs a schedule with finite endpoints")

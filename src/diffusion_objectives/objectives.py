@@ -21,7 +21,7 @@ from . import parameterizations, schedules, weightings
 from .loss import WeightedLoss
 from .parameterizations import Parameterization
 from .registry import Registry
-from .schedules import Schedule
+from .schedules import Schedule, ScheduleLike
 from .translate import from_diffusers, from_edm, from_k_diffusion, from_kohya
 from .weightings import Weighting
 
@@ -51,7 +51,7 @@ class Objective:
     """A diffusion training objective. ``published`` is set for presets converted from a paper."""
 
     weighting: Weighting
-    schedule: Schedule
+    schedule: ScheduleLike
     parameterization: Parameterization
     name: str = "custom"
     published: PublishedForm | None = None
@@ -63,13 +63,13 @@ class Objective:
     def loss(self, *, stratified: bool = False) -> WeightedLoss:
         return WeightedLoss(self.weighting, self.schedule, self.parameterization, stratified=stratified)
 
-    def with_schedule(self, schedule: Schedule) -> Objective:
+    def with_schedule(self, schedule: ScheduleLike) -> Objective:
         """The same objective estimated with another sampling density (e.g. the adaptive schedule)."""
         return replace(self, schedule=schedule)
 
 
 def from_published(density: Schedule, loss_weight: Callable[[Tensor], Tensor] | None,
-                   parameterization: Parameterization, schedule: Schedule | None = None,
+                   parameterization: Parameterization, schedule: ScheduleLike | None = None,
                    name: str = "custom", citation: str = "") -> Objective:
     """Convert a published loss E_{t~π}[c ‖ŷ − y‖²] to an :class:`Objective` via w = 2·p_π·c·k.
 

@@ -31,7 +31,7 @@ from torch import Tensor
 from .parameterizations import Parameterization
 from .process import alpha_sigma
 from .registry import Registry
-from .schedules import Schedule
+from .schedules import ScheduleLike
 
 __all__ = [
     "Step",
@@ -75,7 +75,7 @@ Callback = Callable[[Step], None] | None
 
 # -- λ-grids (increasing, from noise to data) -----------------------------------------------------------
 
-def grid_uniform_t(schedule: Schedule, steps: int) -> Tensor:
+def grid_uniform_t(schedule: ScheduleLike, steps: int) -> Tensor:
     """λ(t_i) at t_i = 1 − i/(steps − 1): uniform in the schedule's time, from λ_min to λ_max (float64)."""
     _check_steps(steps)
     t = 1.0 - torch.arange(steps, dtype=torch.float64) / (steps - 1)

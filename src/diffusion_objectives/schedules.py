@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import copy
 import math
+from abc import ABC, abstractmethod
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -27,6 +29,7 @@ from torch import Tensor
 from .registry import Registry
 
 __all__ = [
+    "ScheduleLike",
     "Schedule",
     "Cosine",
     "LinearLogSNR",
@@ -65,9 +68,32 @@ def _ndtr(x: Tensor) -> Tensor:
     return 0.5 * torch.special.erfc(-x / math.sqrt(2.0))
 
 
-class Schedule:
-    """Base class. Subclasses implement the base map ``_g``, its derivative ``_dg`` and inverse ``_g_inv``
-    (all on float64 tensors, on the *unshifted* λ axis)."""
+@runtime_checkable
+class ScheduleLike(Protocol):
+    """What a sampling density p(λ) on [logsnr_min, logsnr_max] offers its callers (the loss, the ELBO, the
+    samplers): :class:`Schedule` (a truncated base map) and
+    :class:`~diffusion_objectives.adaptive.AdaptiveSchedule` (a learned histogram) both satisfy it."""
+
+    logsnr_min: float
+    logsnr_max: float
+    shift: float
+
+    def t(self, logsnr: Tensor) -> Tensor: ...
+
+    def logsnr(self, t: Tensor) -> Tensor: ...
+
+    def density(self, logsnr: Tensor) -> Tensor: ...
+
+    def sample(self, n: int, generator: torch.Generator | None = None, *, stratified: bool = False,
+               device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor: ...
+
+    def params(self) -> dict[str, float]: ...
+
+
+class Schedule(ABC):
+    """A truncated base map (module docstring). Subclasses implement the base map ``_g``, its derivative
+    ``_dg`` and inverse ``_g_inv`` (all on float64 tensors, on the *unshifted* λ axis); everything else,
+    truncation to other endpoints included (:meth:`with_endpoints`), follows from them."""
 
     name: str = "schedule"
 
@@ -88,14 +114,17 @@ class Schedule:
             )
 
     # -- the base map (float64, unshifted) ------------------------------------------------------
+    @abstractmethod
     def _g(self, logsnr: Tensor) -> Tensor:
-        raise NotImplementedError
+        """g(λ), strictly decreasing."""
 
+    @abstractmethod
     def _dg(self, logsnr: Tensor) -> Tensor:
-        raise NotImplementedError
+        """g'(λ) (≤ 0)."""
 
+    @abstractmethod
     def _g_inv(self, g: Tensor) -> Tensor:
-        raise NotImplementedError
+        """λ(g), the inverse of :meth:`_g`."""
 
     # -- public API ------------------------------------------------------------------------------
     def t(self, logsnr: Tensor) -> Tensor:
@@ -181,6 +210,26 @@ class _TailAccurate(Schedule):
     full precision far out in a tail. Subclasses give ``_cdf``, ``_sf``, ``_pdf`` and the inverses
     ``_ppf`` (of F) and ``_isf`` (of S), each accurate where its value is small."""
 
+    @abstractmethod
+    def _cdf(self, logsnr: Tensor) -> Tensor:
+        """F(λ), accurate where it is small."""
+
+    @abstractmethod
+    def _sf(self, logsnr: Tensor) -> Tensor:
+        """S(λ) = 1 − F(λ), accurate where it is small."""
+
+    @abstractmethod
+    def _pdf(self, logsnr: Tensor) -> Tensor:
+        """f(λ) = F'(λ)."""
+
+    @abstractmethod
+    def _ppf(self, q: Tensor) -> Tensor:
+        """F^{-1}(q), accurate for small q."""
+
+    @abstractmethod
+    def _isf(self, q: Tensor) -> Tensor:
+        """S^{-1}(q), accurate for small q."""
+
     def __init__(self, logsnr_min: float, logsnr_max: float, shift: float):
         lo, hi = float(logsnr_min) - float(shift), float(logsnr_max) - float(shift)
         mid = torch.tensor(0.0 if not (math.isfinite(lo) and math.isfinite(hi)) else 0.5 * (lo + hi),
@@ -201,6 +250,21 @@ class _TailAccurate(Schedule):
 class _Symmetric(_TailAccurate):
     """λ = loc + scale·U with U symmetric about 0, given by its standardised ``_std_cdf``, ``_std_pdf``
     and ``_std_ppf`` (the inverse CDF, accurate for small arguments)."""
+
+    @staticmethod
+    @abstractmethod
+    def _std_cdf(u: Tensor) -> Tensor:
+        """The standardised CDF."""
+
+    @staticmethod
+    @abstractmethod
+    def _std_pdf(u: Tensor) -> Tensor:
+        """The standardised density."""
+
+    @staticmethod
+    @abstractmethod
+    def _std_ppf(q: Tensor) -> Tensor:
+        """The standardised inverse CDF, accurate for small q."""
 
     def __init__(self, loc: float, scale: float, logsnr_min: float, logsnr_max: float, shift: float,
                  scale_name: str = "scale"):
