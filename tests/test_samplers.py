@@ -195,6 +195,36 @@ def test_heun_is_edm_algorithm_2(churn, param):
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("churn", [0.0, 30.0])
+def test_heun_core_runs_any_denoiser_callable_as_edm_algorithm_2(churn):
+    """The core takes any ``denoiser(z, logsnr) -> x_hat``, here the VE oracle in VP coordinates:
+    x̂(z, λ) = D(z/α; σ = e^{−λ/2}) (EDM22 Eq. 7 posterior mean, z = α(x + σ n))."""
+    seeds, steps = [0, 1, 2, 3], 10
+    noise = samplers.seeded_noise(seeds, (2,), dtype=torch.float64)
+    sigmas = [(80 ** (1 / 7) + i / (steps - 1) * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7 for i in range(steps)]
+    kw = {"s_churn": churn, "s_min": 0.05, "s_max": 50.0, "s_noise": 1.003}
+    expected = _edm_algorithm_2(noise, sigmas, samplers.seeded_generators([5, 4, 3, 2]), **kw)
+
+    def denoiser(z, logsnr):
+        return _ve_denoiser(z * math.sqrt(1 + math.exp(-logsnr)), math.exp(-0.5 * logsnr))
+
+    got = samplers.sample_heun(denoiser, noise, samplers.grid_edm(steps),
+                               generators=samplers.seeded_generators([5, 4, 3, 2]), **kw)
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
+
+
+def test_denoiser_validates_guidance_and_knows_where_it_guides():
+    p = parameterizations.get("eps")
+    with pytest.raises(ValueError, match="null_label"):
+        samplers.Denoiser(MIX.denoiser(p), p, guidance=1.0)
+    with pytest.raises(ValueError, match="guidance_interval"):
+        samplers.Denoiser(MIX.denoiser(p), p, guidance_interval=(2.0, 1.0))
+    d = samplers.Denoiser(MIX.denoiser(p), p, labels=torch.zeros(3, dtype=torch.long), guidance=1.0,
+                          null_label=3, guidance_interval=(-1.0, 2.0))
+    assert [d.guided_at(v) for v in (-1.5, -1.0, 0.5, 2.0, 2.5)] == [False, True, True, True, False]
+    assert not samplers.Denoiser(MIX.denoiser(p), p).guided_at(0.0)
+
+
 def test_edm_stochastic_is_edms_imagenet64_setting():
     """The named setting holds EDM's published ImageNet-64 sampler numbers (FID 1.36): 256 steps = 511
     network evaluations, S_churn 40, S_min 0.05, S_max 50, S_noise 1.003."""

@@ -1,10 +1,14 @@
 r"""Samplers in λ: ancestral (DDPM), DDIM, EDM's Heun, DPM-Solver++(2M) (docs/theory.md, "Samplers").
 
-Every sampler is a pure function ``f(model, parameterization, noise, logsnrs, ...)``: ``noise`` ``[B, ...]``
-is standard normal, ``logsnrs`` ``[N]`` the increasing λ-grid from noise to data. The chain starts at
-z₀ = σ(λ₀)·noise (EDM's x̃ = σ_max·noise in VP coordinates), moves along the grid, and returns the
-denoised x̂ at the last grid point (EDM's final step to σ = 0). With the grids below, a first-order
-sampler or DPM-Solver++(2M) makes N network evaluations, Heun 2N − 1 (EDM22's count).
+The guided denoiser is built once, ``denoiser = Denoiser(model, parameterization, labels=..., guidance=...)``
+(conditioning, guidance, parameterization), and every sampler core is a pure function
+``sample_*(denoiser, noise, logsnrs, *, generators=None, callback=None, ...)`` (as k-diffusion's
+``sample_*(model, x, sigmas, ...)``); ``ancestral``, ``ddim``, ``heun``, ``dpmpp_2m`` and ``edm_stochastic``
+take ``(model, parameterization, noise, logsnrs, ...)`` and the guidance options, build the denoiser and run
+the core. ``noise`` ``[B, ...]`` is standard normal, ``logsnrs`` ``[N]`` the increasing λ-grid from noise to
+data. The chain starts at z₀ = σ(λ₀)·noise (EDM's x̃ = σ_max·noise in VP coordinates), moves along the
+grid, and returns the denoised x̂ at the last grid point (EDM's final step to σ = 0). With the grids below,
+a first-order sampler or DPM-Solver++(2M) makes N network evaluations, Heun 2N − 1 (EDM22's count).
 
 Stochastic draws come from one ``torch.Generator`` per sample, so sample i depends only on its own
 generator (and noise), never on the batch it is in. Guidance with scale g (x̂ is affine in ε̂ at fixed z,
@@ -36,6 +40,12 @@ from .schedules import ScheduleLike
 __all__ = [
     "Step",
     "Guide",
+    "Denoiser",
+    "sample_ancestral",
+    "sample_ddim",
+    "sample_heun",
+    "sample_dpmpp_2m",
+    "sample_edm_stochastic",
     "ancestral",
     "ddim",
     "heun",
@@ -144,48 +154,52 @@ class Guide:
     parameterization: Parameterization
 
 
-@dataclass(frozen=True)
-class _Guidance:
-    labels: Tensor | None
-    scale: float
-    null_label: NullLabel
-    guide: Guide | None
-    interval: tuple[float, float]
-
-    def active(self, logsnr: float) -> bool:
-        return self.scale != 0.0 and self.interval[0] <= logsnr <= self.interval[1]
-
-
-def _guidance(labels: Tensor | None, guidance: float, null_label: NullLabel, guide: Guide | None,
-              guidance_interval: tuple[float, float] | None) -> _Guidance:
-    """Validate the guidance arguments of a sampler."""
-    lo, hi = (-math.inf, math.inf) if guidance_interval is None else (float(v) for v in guidance_interval)
-    if math.isnan(lo) or math.isnan(hi) or lo > hi:
-        raise ValueError(f"guidance_interval must be (lo, hi) with lo <= hi, got {guidance_interval}")
-    if guidance != 0.0 and guide is None and (labels is None or null_label is None):
-        raise ValueError("classifier-free guidance needs labels and a null_label (or pass a guide model)")
-    return _Guidance(labels, float(guidance), null_label, guide, (lo, hi))
-
-
 def _x_hat(model: Model, parameterization: Parameterization, z: Tensor, lam: Tensor,
            labels: Tensor | None) -> Tensor:
     return parameterization.x_hat(model(z, lam) if labels is None else model(z, lam, labels), z, lam)
 
 
-def _denoise(model: Model, parameterization: Parameterization, z: Tensor, logsnr: float, cond: _Guidance) -> Tensor:
-    """x̂ at (z, λ), guided when ``cond`` is active at λ (module docstring)."""
-    lam = torch.full((z.shape[0],), float(logsnr), dtype=z.dtype, device=z.device)
-    g, labels = cond.scale, cond.labels
-    with torch.no_grad():
-        if not cond.active(logsnr):
-            return _x_hat(model, parameterization, z, lam, labels)
-        if cond.guide is not None:
-            x_bad = _x_hat(cond.guide.model, cond.guide.parameterization, z, lam, labels)
-            return (1 + g) * _x_hat(model, parameterization, z, lam, labels) - g * x_bad
-        null = torch.as_tensor(cond.null_label, dtype=labels.dtype, device=labels.device).expand_as(labels)
-        z2, lam2 = torch.cat([z, z]), torch.cat([lam, lam])
-        x_c, x_u = _x_hat(model, parameterization, z2, lam2, torch.cat([labels, null])).chunk(2)
-        return (1 + g) * x_c - g * x_u  # one network call on 2B rows
+class Denoiser:
+    r"""The guided denoiser, built once and called by every sampler: ``denoiser(z, logsnr)`` → x̂ ``[B, ...]``
+    for a latent ``z`` ``[B, ...]`` at one λ (a float), without gradients.
+
+    ``model(z, logsnr[, labels])`` predicts what ``parameterization`` names, and x̂ follows from it
+    (``Parameterization.x_hat``); ``labels`` ``[B]`` condition it. With ``guidance`` g ≠ 0 and λ inside
+    ``guidance_interval`` (lo, hi) (default: every λ), x̂ is guided (module docstring): classifier-free,
+    x̂ = (1 + g) x̂(z, c) − g x̂(z, ∅) with ∅ = ``null_label`` (one network call on 2B rows), or, with a
+    ``guide``, autoguidance x̂ = (1 + g) x̂(z, c) − g x̂_guide(z, c) (Karras et al. 2024, Eq. 2, w = 1 + g).
+    Outside the interval, or with g = 0, it is the plain x̂(z, c) with one network call."""
+
+    def __init__(self, model: Model, parameterization: Parameterization, *, labels: Tensor | None = None,
+                 guidance: float = 0.0, null_label: NullLabel = None, guide: Guide | None = None,
+                 guidance_interval: tuple[float, float] | None = None) -> None:
+        lo, hi = (-math.inf, math.inf) if guidance_interval is None else (float(v) for v in guidance_interval)
+        if math.isnan(lo) or math.isnan(hi) or lo > hi:
+            raise ValueError(f"guidance_interval must be (lo, hi) with lo <= hi, got {guidance_interval}")
+        if guidance != 0.0 and guide is None and (labels is None or null_label is None):
+            raise ValueError("classifier-free guidance needs labels and a null_label (or pass a guide model)")
+        self.model, self.parameterization, self.labels = model, parameterization, labels
+        self.guidance, self.null_label, self.guide = float(guidance), null_label, guide
+        self.guidance_interval = (lo, hi)
+
+    def guided_at(self, logsnr: float) -> bool:
+        """Whether x̂ at λ = ``logsnr`` is guided (g ≠ 0 and lo ≤ λ ≤ hi)."""
+        lo, hi = self.guidance_interval
+        return self.guidance != 0.0 and lo <= logsnr <= hi
+
+    def __call__(self, z: Tensor, logsnr: float) -> Tensor:
+        lam = torch.full((z.shape[0],), float(logsnr), dtype=z.dtype, device=z.device)
+        g, labels, model, param = self.guidance, self.labels, self.model, self.parameterization
+        with torch.no_grad():
+            if not self.guided_at(logsnr):
+                return _x_hat(model, param, z, lam, labels)
+            if self.guide is not None:
+                x_bad = _x_hat(self.guide.model, self.guide.parameterization, z, lam, labels)
+                return (1 + g) * _x_hat(model, param, z, lam, labels) - g * x_bad
+            null = torch.as_tensor(self.null_label, dtype=labels.dtype, device=labels.device).expand_as(labels)
+            z2, lam2 = torch.cat([z, z]), torch.cat([lam, lam])
+            x_c, x_u = _x_hat(model, param, z2, lam2, torch.cat([labels, null])).chunk(2)
+            return (1 + g) * x_c - g * x_u  # one network call on 2B rows
 
 
 def _grid(logsnrs: Tensor | Sequence[float]) -> list[float]:
@@ -200,66 +214,67 @@ def _ab(logsnr: float) -> tuple[float, float]:
     return float(alpha), float(sigma)
 
 
-# -- the samplers ---------------------------------------------------------------------------------------------
+# -- the samplers: cores on a Denoiser ------------------------------------------------------------------------
 
-def ancestral(model: Model, parameterization: Parameterization, noise: Tensor, logsnrs: Tensor | Sequence[float], *,
-              generators: Sequence[torch.Generator] | None = None, labels: Tensor | None = None,
-              guidance: float = 0.0, null_label: NullLabel = None, guide: Guide | None = None,
-              guidance_interval: tuple[float, float] | None = None, callback: Callback = None) -> Tensor:
+Generators = Sequence[torch.Generator] | None
+FirstOrderStep = Callable[[Tensor, Tensor, float, float], Tensor]
+
+
+def _first_order(denoiser: Denoiser, noise: Tensor, logsnrs: Tensor | Sequence[float], callback: Callback,
+                 step: FirstOrderStep) -> Tensor:
+    """The chain of a one-step sampler: z₀ = σ(λ₀)·noise, then z ← ``step(z, x̂, λ_t, λ_s)`` along the grid,
+    and x̂ at the last point."""
+    lam = _grid(logsnrs)
+    z = _ab(lam[0])[1] * noise
+    for i, (lt, ls) in enumerate(zip(lam, lam[1:] + [None], strict=True)):
+        x_hat = denoiser(z, lt)
+        _report(callback, i, len(lam), lt, z, x_hat)
+        z = x_hat if ls is None else step(z, x_hat, lt, ls)
+    return z
+
+
+def sample_ancestral(denoiser: Denoiser, noise: Tensor, logsnrs: Tensor | Sequence[float], *,
+                     generators: Generators = None, callback: Callback = None) -> Tensor:
     r"""Ancestral sampling (DDPM; VDM21's sampler, in λ): from λ_t to λ_s > λ_t, with c = −expm1(λ_t − λ_s),
 
         z_s = (α_s/α_t)(z_t − σ_t c ε̂) + σ_s √c · n = α_s c x̂ + (α_s/α_t)(1 − c) z_t + σ_s √c · n,
 
     the exact posterior q(z_s | z_t, x = x̂); n ~ N(0, I) from each sample's generator."""
-    lam = _grid(logsnrs)
-    cond = _guidance(labels, guidance, null_label, guide, guidance_interval)
-    z = _ab(lam[0])[1] * noise
-    for i, (lt, ls) in enumerate(zip(lam, lam[1:] + [None], strict=True)):
-        x_hat = _denoise(model, parameterization, z, lt, cond)
-        _report(callback, i, len(lam), lt, z, x_hat)
-        if ls is None:
-            z = x_hat
-        else:
-            (a_t, _), (a_s, s_s) = _ab(lt), _ab(ls)
-            c = -math.expm1(lt - ls)
-            z = a_s * c * x_hat + (a_s / a_t) * (1 - c) * z + s_s * math.sqrt(c) * _randn_like(z, generators)
-    return z
+
+    def step(z: Tensor, x_hat: Tensor, lt: float, ls: float) -> Tensor:
+        (a_t, _), (a_s, s_s) = _ab(lt), _ab(ls)
+        c = -math.expm1(lt - ls)
+        return a_s * c * x_hat + (a_s / a_t) * (1 - c) * z + s_s * math.sqrt(c) * _randn_like(z, generators)
+
+    return _first_order(denoiser, noise, logsnrs, callback, step)
 
 
-def ddim(model: Model, parameterization: Parameterization, noise: Tensor, logsnrs: Tensor | Sequence[float], *,
-         labels: Tensor | None = None, guidance: float = 0.0, null_label: NullLabel = None,
-         guide: Guide | None = None, guidance_interval: tuple[float, float] | None = None,
-         callback: Callback = None) -> Tensor:
+def sample_ddim(denoiser: Denoiser, noise: Tensor, logsnrs: Tensor | Sequence[float], *,
+                generators: Generators = None, callback: Callback = None) -> Tensor:
     r"""DDIM (Song et al. 2021, η = 0): z_s = α_s x̂ + σ_s ε̂, written as
-    z_s = (σ_s/σ_t) z_t − α_s expm1(−h) x̂ with h = (λ_s − λ_t)/2 (deterministic; first-order DPM-Solver++)."""
-    lam = _grid(logsnrs)
-    cond = _guidance(labels, guidance, null_label, guide, guidance_interval)
-    z = _ab(lam[0])[1] * noise
-    for i, (lt, ls) in enumerate(zip(lam, lam[1:] + [None], strict=True)):
-        x_hat = _denoise(model, parameterization, z, lt, cond)
-        _report(callback, i, len(lam), lt, z, x_hat)
-        if ls is None:
-            z = x_hat
-        else:
-            (_, s_t), (a_s, s_s) = _ab(lt), _ab(ls)
-            z = (s_s / s_t) * z - a_s * math.expm1(-0.5 * (ls - lt)) * x_hat
-    return z
+    z_s = (σ_s/σ_t) z_t − α_s expm1(−h) x̂ with h = (λ_s − λ_t)/2 (deterministic; first-order DPM-Solver++;
+    ``generators`` is accepted for a uniform signature and unused)."""
+
+    def step(z: Tensor, x_hat: Tensor, lt: float, ls: float) -> Tensor:
+        (_, s_t), (a_s, s_s) = _ab(lt), _ab(ls)
+        return (s_s / s_t) * z - a_s * math.expm1(-0.5 * (ls - lt)) * x_hat
+
+    return _first_order(denoiser, noise, logsnrs, callback, step)
 
 
-def dpmpp_2m(model: Model, parameterization: Parameterization, noise: Tensor, logsnrs: Tensor | Sequence[float], *,
-             labels: Tensor | None = None, guidance: float = 0.0, null_label: NullLabel = None,
-             guide: Guide | None = None, guidance_interval: tuple[float, float] | None = None,
-             callback: Callback = None) -> Tensor:
+def sample_dpmpp_2m(denoiser: Denoiser, noise: Tensor, logsnrs: Tensor | Sequence[float], *,
+                    generators: Generators = None, callback: Callback = None) -> Tensor:
     r"""DPM-Solver++(2M) (Lu et al. 2022, Alg. 2) in the half-log-SNR λ/2: with h_i = (λ_i − λ_{i−1})/2,
     r = h_{i−1}/h_i and D = (1 + 1/(2r)) x̂_{i−1} − x̂_{i−2}/(2r) (D = x̂_{i−1} on the first step),
 
-        z_i = (σ_i/σ_{i−1}) z_{i−1} − α_i expm1(−h_i) D."""
+        z_i = (σ_i/σ_{i−1}) z_{i−1} − α_i expm1(−h_i) D
+
+    (deterministic; ``generators`` is accepted for a uniform signature and unused)."""
     lam = _grid(logsnrs)
-    cond = _guidance(labels, guidance, null_label, guide, guidance_interval)
     z = _ab(lam[0])[1] * noise
     x_prev = None
     for i, lt in enumerate(lam):
-        x_hat = _denoise(model, parameterization, z, lt, cond)
+        x_hat = denoiser(z, lt)
         _report(callback, i, len(lam), lt, z, x_hat)
         if i + 1 == len(lam):
             z = x_hat
@@ -277,25 +292,22 @@ def dpmpp_2m(model: Model, parameterization: Parameterization, noise: Tensor, lo
     return z
 
 
-def heun(model: Model, parameterization: Parameterization, noise: Tensor, logsnrs: Tensor | Sequence[float], *,
-         generators: Sequence[torch.Generator] | None = None, labels: Tensor | None = None,
-         guidance: float = 0.0, null_label: NullLabel = None, guide: Guide | None = None,
-         guidance_interval: tuple[float, float] | None = None, callback: Callback = None,
-         s_churn: float = 0.0, s_min: float = 0.0, s_max: float = math.inf, s_noise: float = 1.0) -> Tensor:
+def sample_heun(denoiser: Denoiser, noise: Tensor, logsnrs: Tensor | Sequence[float], *,
+                generators: Generators = None, callback: Callback = None, s_churn: float = 0.0,
+                s_min: float = 0.0, s_max: float = math.inf, s_noise: float = 1.0) -> Tensor:
     r"""EDM22 Algorithm 2 in x̃ = z/α with σ = σ_VE = e^{−λ/2}: the ODE dx̃/dσ = (x̃ − D(x̃; σ))/σ (= ε̂)
     by Heun's method between grid points and an Euler step to σ = 0 from the last (which returns D).
 
     Churn: at σ_i ∈ [s_min, s_max], γ = min(s_churn/N, √2 − 1) and x̃ gains noise of std
     √(σ̂² − σ_i²)·s_noise, σ̂ = (1 + γ)σ_i, before the step from σ̂; s_churn = 0 (default) is deterministic."""
     lam = _grid(logsnrs)
-    cond = _guidance(labels, guidance, null_label, guide, guidance_interval)
     n = len(lam)
     sig = [math.exp(-0.5 * v) for v in lam]
 
     def denoise(x_tilde: Tensor, sigma: float) -> Tensor:
         logsnr = -2.0 * math.log(sigma)
         alpha = _ab(logsnr)[0]
-        return _denoise(model, parameterization, alpha * x_tilde, logsnr, cond)
+        return denoiser(alpha * x_tilde, logsnr)
 
     x = sig[0] * noise
     for i in range(n):
@@ -338,23 +350,75 @@ class EDMStochastic:
 EDM_STOCHASTIC = EDMStochastic(steps=256, s_churn=40.0, s_min=0.05, s_max=50.0, s_noise=1.003)
 
 
-def edm_stochastic(model: Model, parameterization: Parameterization, noise: Tensor,
-                   logsnrs: Tensor | Sequence[float], *, generators: Sequence[torch.Generator] | None = None,
-                   labels: Tensor | None = None, guidance: float = 0.0, null_label: NullLabel = None,
-                   guide: Guide | None = None, guidance_interval: tuple[float, float] | None = None,
-                   callback: Callback = None) -> Tensor:
-    """:func:`heun` with the churn of :data:`EDM_STOCHASTIC` (S_churn 40, S_min 0.05, S_max 50, S_noise 1.003).
-    With EDM22's published numbers it is used on ``grid_edm(EDM_STOCHASTIC.steps)`` (256 points, 511
-    evaluations); γ = min(S_churn/N, √2 − 1) takes N from the grid given."""
+def sample_edm_stochastic(denoiser: Denoiser, noise: Tensor, logsnrs: Tensor | Sequence[float], *,
+                          generators: Generators = None, callback: Callback = None) -> Tensor:
+    """:func:`sample_heun` with the churn of :data:`EDM_STOCHASTIC` (S_churn 40, S_min 0.05, S_max 50,
+    S_noise 1.003). With EDM22's published numbers it is used on ``grid_edm(EDM_STOCHASTIC.steps)`` (256
+    points, 511 evaluations); γ = min(S_churn/N, √2 − 1) takes N from the grid given."""
     e = EDM_STOCHASTIC
-    return heun(model, parameterization, noise, logsnrs, generators=generators, labels=labels, guidance=guidance,
-                null_label=null_label, guide=guide, guidance_interval=guidance_interval, callback=callback,
-                s_churn=e.s_churn, s_min=e.s_min, s_max=e.s_max, s_noise=e.s_noise)
+    return sample_heun(denoiser, noise, logsnrs, generators=generators, callback=callback,
+                       s_churn=e.s_churn, s_min=e.s_min, s_max=e.s_max, s_noise=e.s_noise)
 
 
 def _report(callback, index: int, total: int, logsnr: float, z: Tensor, x_hat: Tensor) -> None:
     if callback is not None:
         callback(Step(index=index, total=total, logsnr=logsnr, z=z, x_hat=x_hat))
+
+
+# -- the samplers on (model, parameterization): build the Denoiser, run the core ----------------------------
+
+def ancestral(model: Model, parameterization: Parameterization, noise: Tensor, logsnrs: Tensor | Sequence[float], *,
+              generators: Generators = None, labels: Tensor | None = None,
+              guidance: float = 0.0, null_label: NullLabel = None, guide: Guide | None = None,
+              guidance_interval: tuple[float, float] | None = None, callback: Callback = None) -> Tensor:
+    """:func:`sample_ancestral` on ``Denoiser(model, parameterization, labels=..., guidance=..., ...)``."""
+    denoiser = Denoiser(model, parameterization, labels=labels, guidance=guidance, null_label=null_label,
+                        guide=guide, guidance_interval=guidance_interval)
+    return sample_ancestral(denoiser, noise, logsnrs, generators=generators, callback=callback)
+
+
+def ddim(model: Model, parameterization: Parameterization, noise: Tensor, logsnrs: Tensor | Sequence[float], *,
+         labels: Tensor | None = None, guidance: float = 0.0, null_label: NullLabel = None,
+         guide: Guide | None = None, guidance_interval: tuple[float, float] | None = None,
+         callback: Callback = None) -> Tensor:
+    """:func:`sample_ddim` on ``Denoiser(model, parameterization, labels=..., guidance=..., ...)``."""
+    denoiser = Denoiser(model, parameterization, labels=labels, guidance=guidance, null_label=null_label,
+                        guide=guide, guidance_interval=guidance_interval)
+    return sample_ddim(denoiser, noise, logsnrs, callback=callback)
+
+
+def dpmpp_2m(model: Model, parameterization: Parameterization, noise: Tensor, logsnrs: Tensor | Sequence[float], *,
+             labels: Tensor | None = None, guidance: float = 0.0, null_label: NullLabel = None,
+             guide: Guide | None = None, guidance_interval: tuple[float, float] | None = None,
+             callback: Callback = None) -> Tensor:
+    """:func:`sample_dpmpp_2m` on ``Denoiser(model, parameterization, labels=..., guidance=..., ...)``."""
+    denoiser = Denoiser(model, parameterization, labels=labels, guidance=guidance, null_label=null_label,
+                        guide=guide, guidance_interval=guidance_interval)
+    return sample_dpmpp_2m(denoiser, noise, logsnrs, callback=callback)
+
+
+def heun(model: Model, parameterization: Parameterization, noise: Tensor, logsnrs: Tensor | Sequence[float], *,
+         generators: Generators = None, labels: Tensor | None = None,
+         guidance: float = 0.0, null_label: NullLabel = None, guide: Guide | None = None,
+         guidance_interval: tuple[float, float] | None = None, callback: Callback = None,
+         s_churn: float = 0.0, s_min: float = 0.0, s_max: float = math.inf, s_noise: float = 1.0) -> Tensor:
+    """:func:`sample_heun` on ``Denoiser(model, parameterization, labels=..., guidance=..., ...)``."""
+    denoiser = Denoiser(model, parameterization, labels=labels, guidance=guidance, null_label=null_label,
+                        guide=guide, guidance_interval=guidance_interval)
+    return sample_heun(denoiser, noise, logsnrs, generators=generators, callback=callback,
+                       s_churn=s_churn, s_min=s_min, s_max=s_max, s_noise=s_noise)
+
+
+def edm_stochastic(model: Model, parameterization: Parameterization, noise: Tensor,
+                   logsnrs: Tensor | Sequence[float], *, generators: Generators = None,
+                   labels: Tensor | None = None, guidance: float = 0.0, null_label: NullLabel = None,
+                   guide: Guide | None = None, guidance_interval: tuple[float, float] | None = None,
+                   callback: Callback = None) -> Tensor:
+    """:func:`sample_edm_stochastic` on ``Denoiser(model, parameterization, labels=..., guidance=..., ...)``:
+    Heun with EDM22's published ImageNet-64 churn (:data:`EDM_STOCHASTIC`)."""
+    denoiser = Denoiser(model, parameterization, labels=labels, guidance=guidance, null_label=null_label,
+                        guide=guide, guidance_interval=guidance_interval)
+    return sample_edm_stochastic(denoiser, noise, logsnrs, generators=generators, callback=callback)
 
 
 REGISTRY: Registry[Callable[..., Tensor]] = Registry("sampler")
