@@ -967,12 +967,8 @@ def _uncertainty_head(cfg: TrainConfig, device: torch.device, source: Path | Non
         return None
     g = torch.Generator().manual_seed(derive_seed("uncertainty-head", cfg.seed))
     head = LogVarianceHead(u.channels, bandwidth=u.bandwidth, generator=g)
-    if source is not None:
-        saved = state.get("uncertainty_head")
-        if saved is None:
-            raise ckpt_io.CheckpointError(f"checkpoint {str(source)!r} has no uncertainty head, but "
-                                          "loss.uncertainty.enabled is true")
-        _restore(source, "training_state.pt", lambda: head.load_state_dict(saved))
+    _restore_part(source, state, "uncertainty_head", "uncertainty head", "loss.uncertainty.enabled is true",
+                  head.load_state_dict)
     return head.to(device).train()
 
 
@@ -982,13 +978,21 @@ def _posthoc_tracker(cfg: TrainConfig, net: torch.nn.Module, source: Path | None
     if not cfg.ema.posthoc_sigma_rels:
         return None
     tracker = phema.PowerEMA(net.state_dict(), cfg.ema.posthoc_sigma_rels)
-    if source is not None:
-        saved = state.get("posthoc_ema")
-        if saved is None:
-            raise ckpt_io.CheckpointError(f"checkpoint {str(source)!r} has no post-hoc EMA state, but "
-                                          "ema.posthoc_sigma_rels is set")
-        _restore(source, "training_state.pt", lambda: tracker.load_state_dict(saved))
+    _restore_part(source, state, "posthoc_ema", "post-hoc EMA state", "ema.posthoc_sigma_rels is set",
+                  tracker.load_state_dict)
     return tracker
+
+
+def _restore_part(source: Path | None, state: dict[str, Any], key: str, what: str, because: str,
+                  load: Callable[[Any], Any]) -> None:
+    """When resuming from ``source``, load ``state[key]`` (an optional part of the training state) with
+    ``load``; a checkpoint without it is a CheckpointError naming the setting that needs it."""
+    if source is None:
+        return
+    saved = state.get(key)
+    if saved is None:
+        raise ckpt_io.CheckpointError(f"checkpoint {str(source)!r} has no {what}, but {because}")
+    _restore(source, "training_state.pt", lambda: load(saved))
 
 
 def _average_gradients(params: list[torch.nn.Parameter], d: Dist) -> None:
