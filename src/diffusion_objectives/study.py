@@ -224,16 +224,24 @@ def _adaptive_digits() -> StudyConfig:
 ADAPTIVE_DIGITS_STEPS = 500
 
 
+FASHION_GRID = ["edm", "edm-monotonic", "v-cosine", "sigmoid:bias=2+adaptive"]
+
+# The preset's lr 5e-4 with a 200k-image warm-up suits its 20k-step (1.3 M-image) run; at this study's 128k
+# images it would keep the lr near zero for most of the run, so the study warms up over 20k images to 1e-3
+# (the digits preset's lr).
+_FASHION_OVERRIDES = ["optim.lr=1e-3", "optim.warmup_images=20000", "run.precision=auto",
+                      "run.checkpoint_every=250", "run.sample_every=0"]
+
+
 def _fashion() -> StudyConfig:
     return StudyConfig(
-        preset="fashion-mnist", overrides=["run.precision=auto", "run.checkpoint_every=250", "run.sample_every=0"],
-        steps=2000, batch_size=64, grid=["elbo", "iddpm", "edm", "v-cosine", "flow-matching", "sigmoid:bias=-2",
-                                         "sigmoid:bias=2", "edm-monotonic"], seeds=[0],
+        preset="fashion-mnist", overrides=list(_FASHION_OVERRIDES), steps=2000, batch_size=64,
+        grid=list(FASHION_GRID), seeds=[0, 1, 2],
         evaluation=EvalProtocol(metrics=["fd", "kid", "coverage", "bpd", "loss-std"], n=1000, sampler="heun",
                                 steps=32, n_elbo=128, elbo_samples=16),
         jobs=2, threads=1,
-        description="Fashion-MNIST 28×28, the fashion-mnist U-Net (1.1 M parameters), 2000 steps of 64 with bf16 "
-                    "autocast: about 3.5 CPU-hours (under 2 hours on 2 cores)")
+        description="Fashion-MNIST 28×28, the fashion-mnist U-Net (1.1 M parameters), 2000 steps of 64 (128k "
+                    "images, 2.1 epochs), 4 objectives × 3 seeds")
 
 
 def _imagenet64() -> StudyConfig:
