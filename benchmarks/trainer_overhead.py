@@ -30,8 +30,8 @@ import torch
 
 from diffusion_objectives import data as data_module
 from diffusion_objectives import training
-from diffusion_objectives.training import loop as loop_module
-from diffusion_objectives.training.loop import ema_beta, learning_rate
+from diffusion_objectives.training import step as step_module
+from diffusion_objectives.training.step import ema_beta, learning_rate
 
 # preset -> (measured steps, warm-up steps, checkpoint interval inside a block, rounds)
 SIZES = {"toy2d": (40, 10, 20, 5), "digits": (10, 2, 5, 3)}
@@ -153,7 +153,7 @@ def _no_dropout_seeding():
 @contextlib.contextmanager
 def _no_step_streams():
     gen = torch.Generator().manual_seed(0)
-    with mock.patch.object(loop_module, "step_generator", lambda *a, **k: gen), \
+    with mock.patch.object(step_module, "step_generator", lambda *a, **k: gen), \
             mock.patch.object(data_module, "batch_indices", lambda n, b, s, st, *a: torch.randint(n, (b,))):
         yield
 

@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from _faults import nonfinite_loss
 from diffusion_objectives.cli import main
 from diffusion_objectives.training import checkpoint as ck
 
@@ -151,7 +152,8 @@ def test_cuda_requested_without_cuda(tmp_path, capsys):
 
 
 def test_nonfinite_exits_1_with_the_step(tmp_path, capsys):
-    code = main(["train", "--out", str(tmp_path), "--steps", "4", *TINY, "--set", "debug.nonfinite_step=1"])
+    with nonfinite_loss(step=1):  # the loss of step 1 is NaN (tests/_faults.py)
+        code = main(["train", "--out", str(tmp_path), "--steps", "4", *TINY])
     assert code == 1
     assert "non-finite loss at step 2" in capsys.readouterr().err
 

@@ -31,12 +31,14 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _torchrun(out, steps, overrides, nproc=2):
+def _torchrun(out, steps, overrides, nproc=2, worker=("-m", "diffusion_objectives")):
+    """``diffobj train`` in ``nproc`` workers; ``worker``: what torchrun starts (a module or a script and its
+    arguments) in front of ``train ...``."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     sets = [a for o in overrides for a in ("--set", o)]
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
            "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-           "-m", "diffusion_objectives", "train", "--out", str(out), "--steps", str(steps), "--no-progress", *sets]
+           *worker, "train", "--out", str(out), "--steps", str(steps), "--no-progress", *sets]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
 
 
@@ -94,8 +96,9 @@ def test_uncertainty_head_and_posthoc_ema_agree_across_two_processes_and_one(tmp
 
 
 def test_nonfinite_on_one_rank_stops_both(tmp_path):
-    p = _torchrun(tmp_path / "nan", 20, OVERRIDES + ["run.checkpoint_every=2", "debug.nonfinite_step=4",
-                                                      "debug.nonfinite_rank=1"])
+    """The loss of rank 1 is NaN at step 4 (injected by the worker script tests/_faults.py)."""
+    faults = (str(Path(__file__).with_name("_faults.py")), "--nonfinite-step", "4", "--nonfinite-rank", "1")
+    p = _torchrun(tmp_path / "nan", 20, OVERRIDES + ["run.checkpoint_every=2"], worker=faults)
     assert p.returncode != 0
     assert "non-finite loss at step 5" in p.stderr
     latest = ck.read_latest(tmp_path / "nan" / "checkpoints")

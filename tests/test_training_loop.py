@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
+from _faults import nonfinite_loss
 from diffusion_objectives.errors import OptionError
 from diffusion_objectives.training import build_network, config, load_for_inference, train
 from diffusion_objectives.training import checkpoint as ck
@@ -180,8 +181,8 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
 
 
 def test_nonfinite_stops_naming_step_range_and_seed_and_keeps_checkpoint(tmp_path):
-    cfg = config.resolve(steps=8, checkpoint_every=2, seed=5, overrides=TOY + ["debug.nonfinite_step=3"])
-    with pytest.raises(NonFiniteError) as info:
+    cfg = config.resolve(steps=8, checkpoint_every=2, seed=5, overrides=TOY)
+    with pytest.raises(NonFiniteError) as info, nonfinite_loss(step=3):
         train(cfg, tmp_path)
     msg = str(info.value)
     assert "step 4" in msg and "seed 5" in msg and "λ" in msg and "step-00000002" in msg
@@ -191,8 +192,9 @@ def test_nonfinite_stops_naming_step_range_and_seed_and_keeps_checkpoint(tmp_pat
 
 
 def test_nonfinite_skip_and_cap(tmp_path):
-    cfg = config.resolve(steps=6, overrides=TOY + ["debug.nonfinite_step=3", "run.nonfinite=skip"])
-    train(cfg, tmp_path / "skip")
+    cfg = config.resolve(steps=6, overrides=TOY + ["run.nonfinite=skip"])
+    with nonfinite_loss(step=3):
+        train(cfg, tmp_path / "skip")
     stats = _stats(tmp_path / "skip")
     assert [r["skipped_steps"] for r in stats] == [0, 0, 0, 1, 0, 0]
     assert stats[3]["loss"] is None and stats[4]["loss"] is not None

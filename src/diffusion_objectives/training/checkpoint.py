@@ -46,7 +46,9 @@ from ..errors import OptionError
 
 __all__ = [
     "FORMAT_VERSION",
+    "CHECKPOINTS_DIR",
     "CheckpointError",
+    "CheckpointStore",
     "Checkpoint",
     "LoadedModel",
     "checkpoint_name",
@@ -63,6 +65,7 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
+CHECKPOINTS_DIR = "checkpoints"  # a run's checkpoints: RUN/checkpoints/
 MODEL_FILE, EMA_FILE, STATE_FILE = "model.safetensors", "ema.safetensors", "training_state.pt"
 CONFIG_FILE, MANIFEST_FILE, LATEST_FILE = "config.yaml", "manifest.json", "latest"
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
@@ -401,7 +404,7 @@ def resolve_path(path: str | Path, warn: Callable[[str], None] | None = None) ->
         raise OptionError(f"checkpoint path {str(p)!r} does not exist")
     if _step_of(p) is not None or (p / MANIFEST_FILE).exists():
         return p
-    for root in (p / "checkpoints", p):
+    for root in (p / CHECKPOINTS_DIR, p):
         if (root / LATEST_FILE).exists() or list_checkpoints(root):
             found = find_resumable(root, warn)
             if found is None:
@@ -410,6 +413,62 @@ def resolve_path(path: str | Path, warn: Callable[[str], None] | None = None) ->
                 raise CheckpointError(f"no complete checkpoint in {str(root)!r}{where}")
             return found
     raise OptionError(f"{str(p)!r} is neither a run directory, a checkpoints directory nor a checkpoint")
+
+
+# ---- the checkpoints of one run ----------------------------------------------------------------------------
+
+_OURS = re.compile(rf"^(step-\d{{8,}}|{LATEST_FILE}|\.{LATEST_FILE}\..*\.tmp|\.tmp-.*|{CORRUPT_DIR}"
+                   rf"|{SUPERSEDED_PREFIX}.*)$")
+
+
+@dataclass(frozen=True)
+class CheckpointStore:
+    """The checkpoints of one run, ``root`` = ``RUN/checkpoints/`` (layout in the module docstring): the one
+    place that names their paths, writes, prunes and quarantines them and finds the newest usable one."""
+
+    root: Path
+
+    @classmethod
+    def of_run(cls, run_dir: str | Path) -> CheckpointStore:
+        return cls(Path(run_dir) / CHECKPOINTS_DIR)
+
+    def path(self, step: int) -> Path:
+        """Where checkpoint ``step`` is (or would be) published."""
+        return self.root / checkpoint_name(step)
+
+    def all(self) -> list[Path]:
+        """Checkpoint directories (complete or not), oldest first."""
+        return list_checkpoints(self.root)
+
+    def newer_than(self, step: int) -> list[Path]:
+        """Checkpoint directories with a step above ``step``, oldest first."""
+        return [p for p in self.all() if (_step_of(p) or 0) > step]
+
+    def newest_published(self) -> Path | None:
+        """The newest checkpoint with a manifest: complete, since a checkpoint is renamed into place only after
+        all its files are written and fsynced (no hashing: cheap enough for a Ctrl-C handler)."""
+        done = [p for p in self.all() if (p / MANIFEST_FILE).is_file()]
+        return done[-1] if done else None
+
+    def latest(self) -> Path | None:
+        """The checkpoint ``latest`` names (not verified)."""
+        return read_latest(self.root)
+
+    def holds_only_ours(self) -> bool:
+        """Whether ``root`` exists and holds nothing but checkpoints, ``latest``, temporary files and the
+        ``corrupt``/``superseded-*`` folders (what :func:`save` and :func:`quarantine` leave)."""
+        return self.root.is_dir() and all(_OURS.match(p.name) for p in self.root.iterdir())
+
+    def save(self, step: int, *, model: Mapping[str, torch.Tensor], ema: Mapping[str, torch.Tensor],
+             state: Mapping[str, Any], config: Mapping[str, Any], keep: int = 2, images_seen: int | None = None,
+             warn: Callable[[str], None] | None = None) -> Path:
+        """Publish checkpoint ``step`` and prune the older ones beyond ``keep`` (:func:`save`)."""
+        return save(self.root, step, model=model, ema=ema, state=state, config=config, keep=keep,
+                    images_seen=images_seen, warn=warn)
+
+    def load_newest(self, warn: Callable[[str], None]) -> Checkpoint | None:
+        """The newest usable checkpoint, quarantining newer unreadable ones (:func:`load_newest`)."""
+        return load_newest(self.root, warn)
 
 
 # ---- inference ---------------------------------------------------------------------------------------------

@@ -20,10 +20,9 @@ import torch
 from .. import phema
 from ..errors import OptionError
 from . import checkpoint as ckpt_io
+from .rundir import PHEMA_DIR
 
 __all__ = ["PHEMA_DIR", "Reconstruction", "reconstruct", "write_checkpoint"]
-
-PHEMA_DIR = "phema"
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,7 @@ def reconstruct(snapshots: Sequence[phema.Snapshot], sigma_rel: float, step: int
 
 def _run_checkpoint(run_dir: Path, step: int) -> ckpt_io.Checkpoint | None:
     """The run's checkpoint at ``step``, if it has a readable one."""
-    path = run_dir / "checkpoints" / ckpt_io.checkpoint_name(step)
+    path = ckpt_io.CheckpointStore.of_run(run_dir).path(step)
     try:
         return ckpt_io.load(path) if path.is_dir() else None
     except ckpt_io.CheckpointError:
@@ -74,6 +73,6 @@ def write_checkpoint(run_dir: str | Path, snapshots: Sequence[phema.Snapshot], s
     state = {"step": step, "images_seen": source.state.get("images_seen") if source else step * batch,
              "adaptive": source.state.get("adaptive") if source else None,
              "posthoc_ema": {"sigma_rel": sigma_rel, "profile_error": rec.profile_error, "snapshots": rec.used}}
-    path = ckpt_io.save(Path(out_dir) / "checkpoints", step, model=source.model if source else rec.state,
-                        ema=rec.state, state=state, config=config, keep=1, warn=warn)
+    path = ckpt_io.CheckpointStore.of_run(out_dir).save(step, model=source.model if source else rec.state,
+                                                        ema=rec.state, state=state, config=config, keep=1, warn=warn)
     return path, rec, source.path if source else None

@@ -1,5 +1,10 @@
-"""The run directory as a whole: which directories training may write into, atomic small files, and the
-``stats.jsonl`` log kept readable across resumes.
+"""The run directory as a whole (:class:`RunDir`: where each file of a run lives), which directories training
+may write into, atomic small files, and the ``stats.jsonl`` log kept readable across resumes.
+
+Layout of ``RUN/``: ``checkpoints/`` (:class:`~.checkpoint.CheckpointStore`), ``config.yaml`` (the resolved
+config), ``log.txt``, ``stats.jsonl`` (:mod:`~.logs`), ``summary.json``, ``samples/step-NNNNNNNN.png``
+(:mod:`~.previews`), ``phema/`` (post-hoc EMA snapshots), ``tensorboard/`` (with ``run.tensorboard``) and the
+lock file of :mod:`~diffusion_objectives.locking`.
 
 A run directory is recognised by its ``checkpoints/`` folder holding nothing but what
 :mod:`~diffusion_objectives.training.checkpoint` writes. Training writes only into a new or empty directory
@@ -11,25 +16,68 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import OptionError
 from ..locking import LOCK_NAME
+from .checkpoint import CheckpointStore, checkpoint_name
 
-__all__ = ["is_run_dir", "check_writable_run_dir", "write_text_atomic", "rewrite_stats"]
+__all__ = ["PHEMA_DIR", "RunDir", "is_run_dir", "check_writable_run_dir", "write_text_atomic", "rewrite_stats"]
 
-_OURS_IN_CHECKPOINTS = re.compile(r"^(step-\d{8,}|latest|\.latest\..*\.tmp|\.tmp-.*|corrupt|superseded-.*)$")
+PHEMA_DIR = "phema"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The files of one training run under ``path`` (see the module docstring)."""
+
+    path: Path
+
+    @property
+    def checkpoints(self) -> CheckpointStore:
+        return CheckpointStore.of_run(self.path)
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def log_file(self) -> Path:
+        return self.path / "log.txt"
+
+    @property
+    def stats_file(self) -> Path:
+        return self.path / "stats.jsonl"
+
+    @property
+    def summary_file(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def samples_dir(self) -> Path:
+        return self.path / "samples"
+
+    @property
+    def phema_dir(self) -> Path:
+        return self.path / PHEMA_DIR
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / "tensorboard"
+
+    def preview_path(self, step: int) -> Path:
+        """The preview samples after ``step``: ``samples/step-NNNNNNNN.png`` (named like the checkpoint)."""
+        return self.samples_dir / f"{checkpoint_name(step)}.png"
 
 
 def is_run_dir(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a training run directory: it has a ``checkpoints/`` folder holding only
     checkpoints, ``latest``, temporary files and the ``corrupt``/``superseded-*`` folders."""
-    ck = Path(path) / "checkpoints"
-    return ck.is_dir() and all(_OURS_IN_CHECKPOINTS.match(p.name) for p in ck.iterdir())
+    return RunDir(Path(path)).checkpoints.holds_only_ours()
 
 
 def check_writable_run_dir(run_dir: str | os.PathLike) -> Path:
