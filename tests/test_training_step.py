@@ -8,6 +8,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from _faults import nonfinite_loss
 from diffusion_objectives import data as data_module
@@ -142,3 +144,15 @@ def test_a_nonfinite_loss_stops_by_default_naming_the_step():
         for _ in range(3):
             train_step(ctx, ts)
     assert ts.step == 1
+
+
+@given(n=st.integers(1, 300), batch=st.integers(1, 64), world=st.sampled_from([1, 2, 4]), seed=st.integers(0, 99),
+       step=st.integers(0, 40))
+def test_batch_indices_follow_the_documented_stream(n, batch, world, seed, step):
+    """Global batch ``step`` is positions [step·B, (step+1)·B) of the endless stream whose epoch e is
+    ``epoch_permutation(N, seed, e)``; rank r takes the r-th B/W of it (within an epoch or across two)."""
+    B = batch * world
+    for rank in range(world):
+        positions = range(step * B + rank * batch, step * B + (rank + 1) * batch)
+        expected = [int(data_module.epoch_permutation(n, seed, p // n)[p % n]) for p in positions]
+        assert data_module.batch_indices(n, B, seed, step, rank, world).tolist() == expected

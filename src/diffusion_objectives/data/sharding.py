@@ -37,6 +37,9 @@ def batch_indices(n_items: int, batch_size: int, seed: int, step: int, rank: int
         raise OptionError(f"batch_size {batch_size} is not divisible by world_size {world_size}")
     local = batch_size // world_size
     start = step * batch_size + rank * local
+    epoch, offset = divmod(start, n_items)
+    if offset + local <= n_items:  # within one epoch (the common case): a slice of its permutation
+        return epoch_permutation(n_items, seed, epoch)[offset:offset + local].clone()
     positions = torch.arange(start, start + local)  # positions in the endless stream
     epochs, offsets = positions // n_items, positions % n_items
     out = torch.empty(local, dtype=torch.int64)

@@ -232,11 +232,10 @@ class StepStatistics:
         return cls(vec[0], vec[1], vec[2], vec[3], vec[4], vec[5:5 + bins], vec[5 + bins:a0], *adaptive)
 
     def all_reduce(self, d: Dist) -> StepStatistics:
-        """The sums over the ranks (on the CPU). In one process: these statistics, moved to the CPU (nothing
-        packed: the values are the same)."""
-        if not d.enabled:
-            return StepStatistics(*(None if t is None else t.cpu()
-                                    for t in (getattr(self, f.name) for f in dataclasses.fields(self))))
+        """The sums over the ranks, on the CPU: one all-reduce and one copy to the host of the packed vector. In
+        one process on the CPU these statistics themselves (nothing to sum or copy)."""
+        if not d.enabled and self.loss_sum.device.type == "cpu":
+            return self
         vec = distributed.all_reduce_sum(self.pack(), d).cpu()
         return self.unpack(vec, len(self.bin_sum), None if self.adaptive_sum is None else len(self.adaptive_sum))
 
@@ -262,16 +261,17 @@ def train_step(ctx: StepContext, ts: TrainState, stop_requested: bool = False) -
         group["lr"] = lr
     batch = draw_batch(ctx, ts.step)
     bw = forward_backward(ctx, ts, batch)
-    stats = reduce_statistics(ctx, ts, batch, bw, stop_requested)
+    stats = reduce_statistics(ctx, ts, batch, bw, stop_requested)  # the step's one host sync (on a GPU)
     n_bad_loss = int(stats.bad_loss)
     skipped = n_bad_loss > 0 or float(stats.bad_grad) > 0
+    grad_norm = None if skipped else float(bw.grad_norm)  # read before the update queues more work
     if skipped:
         skip_update(ctx, ts, bw, n_bad_loss, lr)
     else:
         update(ctx, ts, stats)
     ts.step += 1
     ts.images_seen += ctx.cfg.run.batch_size
-    return StepResult(stats, None if skipped else float(bw.grad_norm), skipped, float(stats.stop) > 0)
+    return StepResult(stats, grad_norm, skipped, float(stats.stop) > 0)
 
 
 def draw_batch(ctx: StepContext, step: int) -> Batch:
