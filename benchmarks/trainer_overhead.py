@@ -1,10 +1,10 @@
 """Trainer overhead: a step of ``diffobj``'s training loop vs a bare PyTorch loop (target: ≤ 3 %).
 
 The real loop is ``training.train`` on the ``toy2d`` and ``digits`` presets as they are (loss, per-step
-generators, the adaptive schedule, the all-reduce vector and logged statistics, gradient clipping, EMA,
-logging every ``log_every`` steps), timed by ``on_step`` timestamps after a warm-up, so start-up is
-excluded. The bare loop uses the same network, AdamW (with the same warm-up), batch size and loss
-computation (``WeightedLoss.loss_at`` on a random batch of the same dataset), and nothing else; a second
+generators, the adaptive schedule, the step statistics (packed into one all-reduce vector with several
+processes), gradient clipping, EMA, logging every ``log_every`` steps), timed by ``on_step`` timestamps after
+a warm-up, so start-up is excluded. The bare loop uses the same network, AdamW (with the same warm-up), batch
+size and loss computation (``WeightedLoss.loss_at`` on a random batch of the same dataset), and nothing else; a second
 bare loop adds the loop's gradient clipping and EMA, so the table separates what those two features
 cost from what the loop's machinery costs.
 

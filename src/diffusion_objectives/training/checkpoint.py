@@ -13,7 +13,7 @@ A checkpoint is written into a temporary directory, every file and the directory
 directory is renamed into place; then it is re-read and verified, ``RUN/checkpoints/latest`` (a text
 file naming the directory) is replaced atomically, and only then are old checkpoints removed. A crash
 at any point leaves the previous checkpoint and ``latest`` intact. Randomness needs no state here: it is
-derived from (seed, step) (see :mod:`~diffusion_objectives.training.loop`).
+derived from (seed, step) (see :mod:`~diffusion_objectives.training.step`).
 
 Nothing is deleted unless a newer verified checkpoint supersedes it: pruning removes only checkpoints
 older than the one just published; an unreadable checkpoint is moved into ``checkpoints/corrupt/``

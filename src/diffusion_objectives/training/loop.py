@@ -248,6 +248,8 @@ class _Run:
 def _train(cfg: TrainConfig, dataset: Any, rd: RunDir, resume: str, override: bool, d: Dist, log: RunLog,
            progress: bool | float | None, handle_signals: bool,
            on_step: Callable[[int], None] | None) -> dict[str, Any]:
+    """:func:`train` inside the locked run directory: resume or start, the steps, the final record, snapshot,
+    checkpoint and previews, the summary."""
     t_start = time.perf_counter()
     cfg.network = complete_network_params(cfg.network, dataset, cfg.seed)  # network shape from the data
     precision = resolve_precision(cfg.run.precision, d.device)

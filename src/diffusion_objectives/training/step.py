@@ -15,9 +15,9 @@ only the :class:`TrainState`, so one step can be run, and checked, in-process (t
    ℓ_w e^{−u(λ)} + D u(λ) (:class:`~diffusion_objectives.uncertainty.UncertaintyWeightedLoss`), the head u
    trained in its own AdamW group, its gradients averaged over the ranks like the network's;
 4. one all-reduce of :class:`StepStatistics` (non-finite counts, stop request, loss sums per λ-bin,
-   adaptive-schedule sums and counts, packed into one vector; in one process nothing is packed), so every
-   rank takes the same decision (update, skip, stop) and the adaptive schedule (docs/theory.md, "The adaptive
-   schedule") holds the same state everywhere;
+   adaptive-schedule sums and counts, packed into one vector and copied to the host once; in one process on
+   the CPU nothing is packed or copied), so every rank takes the same decision (update, skip, stop) and the
+   adaptive schedule (docs/theory.md, "The adaptive schedule") holds the same state everywhere;
 5. AdamW with linear warm-up over ``warmup_images`` (and optional 1/√ decay), gradient clipping, and an
    EMA of the weights with β = 0.5^(B / half-life) (half-life in images); with ``ema.posthoc_sigma_rels``
    EDM2's power-function EMAs too (:class:`~diffusion_objectives.phema.PowerEMA`).
