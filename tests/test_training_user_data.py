@@ -18,7 +18,7 @@ import torch
 from diffusion_objectives import locking
 from diffusion_objectives.cli import main
 from diffusion_objectives.training import checkpoint as ck
-from diffusion_objectives.training import config, loop, train
+from diffusion_objectives.training import config, logs, train
 
 ARGS = ["--preset", "toy2d", "--batch-size", "64", "--set", "data.n=1024", "--set", "network.params.hidden=32",
         "--set", "run.sample_every=0", "--set", "run.device=cpu", "--set", "optim.warmup_images=0"]
@@ -322,9 +322,9 @@ def test_progress_lines_when_the_bar_is_off(tmp_path, capsys):
 
 def test_progress_defaults_to_lines_every_minute_off_a_terminal_and_validates(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False)  # like nohup, a batch scheduler or a notebook
-    assert loop._progress_mode(None) == (False, loop.DEFAULT_PROGRESS_INTERVAL_S) == (False, 60.0)
-    assert loop._progress_mode(False) == (False, None) and loop._progress_mode(True) == (True, None)
-    assert loop._progress_mode(2) == (False, 2.0)
+    assert logs.progress_mode(None) == (False, logs.DEFAULT_PROGRESS_INTERVAL_S) == (False, 60.0)
+    assert logs.progress_mode(False) == (False, None) and logs.progress_mode(True) == (True, None)
+    assert logs.progress_mode(2) == (False, 2.0)
     cfg = config.resolve(steps=3, overrides=["data.n=256", "network.hidden=16", "run.batch_size=16",
                                              "run.sample_every=0", "run.device=cpu"])
     for bad in (0, -1.0, float("nan"), "often"):
