@@ -12,12 +12,12 @@ from diffusion_objectives.errors import OptionError
 from diffusion_objectives.report import _table, format_cell
 from diffusion_objectives.training import load_for_inference
 
-TINY = ["data.name=anisotropic", "network.params.hidden=32", "network.params.depth=2",
-        "network.params.fourier_features=16", "run.checkpoint_every=0", "run.sample_every=0", "run.log_every=5"]
+TINY = {"data.name": "anisotropic", "network.params.hidden": 32, "network.params.depth": 2,
+        "network.params.fourier_features": 16, "run.checkpoint_every": 0, "run.sample_every": 0, "run.log_every": 5}
 
 
 def _tiny_study(**changes):
-    study = S.StudyConfig(preset="toy2d", overrides=list(TINY), steps=30, batch_size=64,
+    study = S.StudyConfig(preset="toy2d", overrides=dict(TINY), steps=30, batch_size=64,
                           grid=["edm", "sigmoid:bias=-1+adaptive"], seeds=[0, 1],
                           evaluation=S.EvalProtocol(metrics=["toy", "bpd", "loss-std"], n=64, steps=8,
                                                     n_elbo=32, elbo_samples=8),
@@ -95,7 +95,7 @@ def test_parse_entry_suffixes_set_the_adaptive_schedule_and_the_uncertainty_head
     both = S.parse_entry("edm-monotonic+uncertainty+adaptive")
     assert both == S.parse_entry("edm-monotonic+adaptive+uncertainty")
     assert both.label == "edm-monotonic+adaptive+uncertainty" and both.slug == "edm-monotonic_adaptive_uncertainty"
-    assert both.overrides() == ["loss.adaptive.enabled=true", "loss.uncertainty.enabled=true"]
+    assert both.overrides() == {"loss.adaptive.enabled": True, "loss.uncertainty.enabled": True}
     cfg = S.run_config(S.study_preset("adaptive"), both, 1)
     assert cfg.loss.adaptive.enabled and cfg.loss.uncertainty.enabled and cfg.seed == 1
     only = S.parse_entry("sigmoid:bias=2+uncertainty")
@@ -106,7 +106,7 @@ def test_parse_entry_suffixes_set_the_adaptive_schedule_and_the_uncertainty_head
 def test_parse_entry_and_monotonicity():
     e = S.parse_entry("sigmoid:bias=-2+adaptive")
     assert e.label == "sigmoid:bias=-2+adaptive" and e.adaptive and e.is_monotonic()
-    assert e.overrides() == ["loss.weighting.bias=-2.0", "loss.adaptive.enabled=true"]
+    assert e.overrides() == {"loss.weighting.bias": -2.0, "loss.adaptive.enabled": True}
     assert not S.parse_entry("edm").is_monotonic()
     assert S.parse_entry("edm-monotonic").is_monotonic()
 
@@ -134,7 +134,7 @@ def test_workers_die_with_the_study_process(tmp_path):
     if not sys.platform.startswith("linux"):
         pytest.skip("parent-death signal is Linux-only")
     cmd = [sys.executable, "-m", "diffusion_objectives", "compare", "--grid", "edm,elbo", "--seeds", "0",
-           "--steps", "100000", "--jobs", "2", "--out", str(tmp_path)] + [a for o in TINY for a in ("--set", o)]
+           "--steps", "100000", "--jobs", "2", "--out", str(tmp_path)] + [a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 120

@@ -366,6 +366,12 @@ def variant_effects(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]
     return out
 
 
+def _overrides_text(overrides: Any) -> str:
+    """A study's training-config overrides as ``KEY=VALUE`` items (older results hold the list of items)."""
+    items = overrides.items() if isinstance(overrides, dict) else (item.split("=", 1) for item in overrides)
+    return " ".join(f"{k}={v}" for k, v in items)
+
+
 def _machine() -> dict[str, Any]:
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
@@ -526,7 +532,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
         "## Protocol",
         "",
-        f"- training preset `{study['preset']}` with overrides `{' '.join(study['overrides']) or 'none'}`; "
+        f"- training preset `{study['preset']}` with overrides `{_overrides_text(study['overrides']) or 'none'}`; "
         f"{study['steps']} steps of batch {study['batch_size']} for every objective (equal compute); "
         "same network, data, optimizer and EMA; each objective's own schedule and parameterization "
         "(`+adaptive`: KG23's adaptive schedule instead).",

@@ -753,9 +753,6 @@ def _forward_backward(run: _Run, ts: TrainState, batch: _Batch) -> _Backward:
                 out = ts.loss_fn.loss_at(ts.model, batch.x[sl], batch.eps[sl], batch.logsnr[sl],
                                          None if batch.labels is None else batch.labels[sl])
             loss = out.loss
-            dbg = cfg.debug
-            if dbg.nonfinite_step == step and dbg.nonfinite_rank in (None, d.rank):
-                loss = loss * float("nan")
             (loss.sum() / run.local).backward()
         # logged: the base loss ℓ_w (with the uncertainty head a non-finite ℓ_u shows in the gradient)
         losses.append((loss if ts.head is None else out.weighted).detach().float())
