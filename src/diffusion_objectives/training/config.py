@@ -374,8 +374,10 @@ def option_error(exc: pydantic.ValidationError, cls: type, noun: str = "config k
         text = str(err["ctx"]["error"])
     elif kind in _EXPECTED:
         text = f"must be {_EXPECTED[kind]}"
+    elif err["msg"].startswith("Input should be "):
+        text = "must be " + err["msg"].removeprefix("Input should be ")
     else:
-        text = "must be " + err["msg"].removeprefix("Input should be ").removeprefix("Value error, ")
+        text = f"is invalid ({err['msg'][0].lower()}{err['msg'][1:]})"
     return OptionError(f"{noun} {key!r} {text}, got {err['input']!r}")
 
 
@@ -386,8 +388,10 @@ def from_dict(cls: type, data: Mapping[str, Any]) -> Any:
     injection, no longer part of the config) is ignored."""
     if not isinstance(data, Mapping):
         raise OptionError(f"config must be a mapping, got {data!r}")
-    if cls is TrainConfig:
-        data = _legacy(data)
+    return _validated(cls, _legacy(data) if cls is TrainConfig else data)
+
+
+def _validated(cls: type, data: Mapping[str, Any]) -> Any:
     try:
         return pydantic.TypeAdapter(cls).validate_python(data)
     except pydantic.ValidationError as exc:
@@ -521,7 +525,7 @@ def apply_overrides(cfg: TrainConfig, overrides: Mapping[str, Any] | Iterable[st
     d = to_dict(cfg)
     for key, value in table.items():
         _set_path(d, *_deprecated(key, copy.deepcopy(value)))
-    return from_dict(TrainConfig, d)
+    return _validated(TrainConfig, d)
 
 
 _COMPONENT_FIELDS = {path: {f.name for f in dataclasses.fields(_section(TrainConfig, path.split(".")))}
