@@ -378,7 +378,7 @@ def option_error(exc: pydantic.ValidationError, cls: type, noun: str = "config k
         text = "must be " + err["msg"].removeprefix("Input should be ")
     else:
         text = f"is invalid ({err['msg'][0].lower()}{err['msg'][1:]})"
-    return OptionError(f"{noun} {key!r} {text}, got {err['input']!r}")
+    return OptionError(f"{noun} {key!r}{' ' if text.startswith(('must', 'is')) else ': '}{text}, got {err['input']!r}")
 
 
 def from_dict(cls: type, data: Mapping[str, Any]) -> Any:
