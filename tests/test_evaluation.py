@@ -170,17 +170,6 @@ def test_extract_features_in_chunks_equals_one_call():
     assert updates[0] == len(x) and sum(updates[1:]) == len(x)
 
 
-@pytest.mark.parametrize("text, seeds", [("0-3", [0, 1, 2, 3]), ("1,5,9-11", [1, 5, 9, 10, 11]), ("7", [7])])
-def test_parse_seeds(text, seeds):
-    assert E.parse_seeds(text) == seeds
-
-
-@pytest.mark.parametrize("text", ["", "a-b", "5-2", "-1"])
-def test_parse_seeds_errors(text):
-    with pytest.raises(OptionError, match="--seeds"):
-        E.parse_seeds(text)
-
-
 def test_progress_bars_count_the_work_without_changing_it(runs):
     bars: dict[str, list[int]] = {}
 

@@ -26,24 +26,30 @@ from __future__ import annotations
 import argparse
 import io
 import math
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .. import evaluation as E
 from ..errors import OptionError
+from ..metrics import format_seeds
 from ._common import (
     add_checkpoint_arguments,
+    add_command,
+    add_sampling_arguments,
     check_output_dir,
     check_resources,
     checkpoint_info,
-    finite_float,
+    flags,
     hold_run,
     load_checkpoint,
     progress_bar,
     resolve_seeds,
     sample_bytes,
+    seed_ranges,
     staged_dir,
     write_atomic,
     write_json,
@@ -156,8 +162,6 @@ def parse_interval(text: str | None) -> tuple[float, float] | None:
 
 def _request_size(loaded, count: int, png: bool, out: Path) -> None:
     """Refuse ``count`` samples up front if they would not fit in memory or on the disk (exit 2)."""
-    from .. import evaluation as E
-
     shape = E.sample_shape(loaded)
     disk = count * (math.prod(shape) + 16 + (4096 if png and E.is_image(loaded) else 0))
     check_resources("--seeds/--n", f"{count} samples of shape {list(shape)}", memory=sample_bytes(loaded, count),
@@ -165,8 +169,6 @@ def _request_size(loaded, count: int, png: bool, out: Path) -> None:
 
 
 def _draw(loaded, seeds: list[int], settings, args: argparse.Namespace, guide=None):
-    from .. import evaluation as E
-
     bar = progress_bar(args)
     progress = bar(f"sampling ({settings.sampler}, {settings.steps} steps)", len(seeds)) if bar else None
     done = [0]
@@ -176,7 +178,8 @@ def _draw(loaded, seeds: list[int], settings, args: argparse.Namespace, guide=No
             progress.update(k - done[0])
         done[0] = k
 
-    x, labels = E.generate(loaded, seeds, settings, batch_size=args.batch_size, progress=hook, guide=guide)
+    with flags(guidance="--guidance", guide="--autoguidance"):
+        x, labels = E.generate(loaded, seeds, settings, batch_size=args.batch_size, progress=hook, guide=guide)
     if progress:
         progress.close()
     if not bool(x.isfinite().all()):
@@ -187,13 +190,12 @@ def _draw(loaded, seeds: list[int], settings, args: argparse.Namespace, guide=No
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import evaluation as E
-
     settings = E.SampleSettings(args.sampler, args.steps, args.grid, args.guidance, args.ema,
                                 parse_interval(args.guidance_interval), args.autoguidance)
-    E.sampling_grid(settings.resolved_grid(), settings.steps)  # validates --steps before loading anything
+    with flags(steps="--steps"):  # validates --steps before loading anything
+        E.sampling_grid(settings.resolved_grid(), settings.steps)
     if args.seeds is not None:
-        E.seed_ranges(args.seeds)  # syntax and range, before loading anything
+        seed_ranges(args.seeds)  # syntax and range, before loading anything
     if args.batch_size < 1:
         raise OptionError(f"--batch-size must be positive, got {args.batch_size}")
     out = check_output_dir(args.out)
@@ -204,8 +206,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace, loaded, settings, out: Path, guide=None) -> int:
-    from .. import evaluation as E
-
     seeds = resolve_seeds(args.n, args.seeds, default_n=64,
                           bytes_per_seed=lambda count: _request_size(loaded, count, args.png, out))
     x, labels = _draw(loaded, seeds, settings, args, guide)
@@ -217,8 +217,6 @@ def _sample(args: argparse.Namespace, loaded, settings, out: Path, guide=None) -
         else:
             written = _write_points(x, seeds, stage, f"{loaded.checkpoint_dir.name}: {len(seeds)} samples, "
                                                      f"{settings.sampler} {settings.steps} steps")
-        from ..metrics.results import format_seeds
-
         meta = {**checkpoint_info(loaded), "sampling": {**settings.as_dict(), "ema": loaded.ema},
                 "n": len(seeds), "seeds": format_seeds(seeds), "levels": levels,
                 "layout": "arr_0 uint8 [N, H, W, C]" if image else "arr_0 float32 [N, D]",
@@ -233,25 +231,14 @@ def _sample(args: argparse.Namespace, loaded, settings, out: Path, guide=None) -
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from .. import samplers
-    from ..evaluation import GRIDS
-
-    p = sub.add_parser("sample", help="draw samples from a checkpoint (PNG per seed, grid, .npz)",
-                       description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(sub, "sample", "draw samples from a checkpoint (PNG per seed, grid, .npz)", sys.modules[__name__])
     add_checkpoint_arguments(p)
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    p.add_argument("--sampler", default="heun", choices=samplers.names(), help="sampler (default heun)")
-    p.add_argument("--steps", type=int, default=32, help="grid points (default 32; Heun makes 2·steps − 1 "
-                                                         "network evaluations)")
-    p.add_argument("--grid", default=None, choices=GRIDS.names(),
-                   help="λ-grid (default: edm for every sampler)")
+    add_sampling_arguments(p, "guidance scale g: classifier-free ε̂ = (1+g) ε̂(z, c) − g ε̂(z, ∅) (conditional "
+                              "models); with --autoguidance x̂ = x̂_bad + (1+g)(x̂ − x̂_bad), i.e. Karras et al.'s "
+                              "w = 1 + g")
     p.add_argument("--n", type=int, default=None, help="number of samples, seeds 0 … n−1 (default 64)")
     p.add_argument("--seeds", default=None, help="seeds, e.g. 0-63 or 1,5,9-11 (must agree with --n)")
-    p.add_argument("--batch-size", type=int, default=256, help="samples per network batch (default 256; "
-                                                               "does not change the samples)")
-    p.add_argument("--guidance", type=finite_float, default=0.0,
-                   help="guidance scale g: classifier-free ε̂ = (1+g) ε̂(z, c) − g ε̂(z, ∅) (conditional models); "
-                        "with --autoguidance x̂ = x̂_bad + (1+g)(x̂ − x̂_bad), i.e. Karras et al.'s w = 1 + g")
     p.add_argument("--autoguidance", default=None, metavar="RUN_OR_CKPT",
                    help="guide with this (smaller or earlier) model instead of the unconditional one (autoguidance, "
                         "Karras et al. 2024); loaded with the same --ema/--device")
