@@ -1,6 +1,7 @@
 """What the ``diffobj`` commands share: output-path checks, atomic and all-or-nothing writes, number and seed
-parsing, and the translation of library errors (which name the library's parameters) into messages that name
-the command-line flags (:func:`flags`).
+parsing, the translation of library errors (which name the library's parameters) into messages that name
+the command-line flags (:func:`flags`), the shared arguments, and the weighting plots of ``weightings`` and
+``explain``. Commands import this module, never each other.
 
 Every command that writes checks its output up front with :func:`check_output_dir` (a directory it
 creates or writes into) or :func:`check_output_path` (one file), before any work is done, so a bad path is a
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import io
 import json
 import math
 import os
@@ -31,17 +33,23 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import locking, samplers
+import torch
+
+from .. import locking, objectives, samplers
 from ..errors import OptionError
+from ..schedules import Schedule
+from ..theory import augmentation_density
+from ..weightings import Weighting
 
 __all__ = ["check_output_dir", "check_output_path", "write_atomic", "write_json", "staged_dir", "finite_float",
            "NAME_MAX", "add_checkpoint_argument", "add_checkpoint_arguments", "load_checkpoint", "checkpoint_info",
            "progress_bar", "resolve_seeds", "check_resources", "sample_bytes", "ELBO_BYTES_PER_DRAW", "run_dir",
            "eval_dir", "hold_run", "SEED_MAX", "seed_ranges", "parse_seeds", "flags", "add_command",
-           "add_sampling_arguments"]
+           "add_sampling_arguments", "PLOT_FORMATS", "Resolved", "plot", "print_augmentation"]
 
 NAME_MAX = 255  # bytes per path component on Linux, macOS and Windows file systems
 
@@ -421,3 +429,74 @@ def hold_run(loaded, out: Path, command: str) -> contextlib.AbstractContextManag
     if not Path(os.path.abspath(out)).is_relative_to(os.path.abspath(run)):
         return contextlib.nullcontext()
     return locking.hold(run, command)
+
+
+# ---- weighting plots and the augmentation printout: ``diffobj weightings`` and ``diffobj explain`` -----------
+
+PLOT_FORMATS = (".png", ".pdf", ".svg")
+
+
+@dataclass
+class Resolved:
+    """A weighting as plotted: its label, the weighting, the schedule p(λ) and its objective preset, if any."""
+
+    label: str
+    weighting: Weighting
+    schedule: Schedule
+    objective: objectives.Objective | None
+
+
+def print_augmentation(weighting: Weighting, lo: float, hi: float) -> None:
+    """Print whether ``weighting`` is monotone on [lo, hi] and, if so, its augmentation distribution p_w."""
+    monotone = weighting.is_monotonic(lo, hi)
+    print(f"  monotone on [{lo:g}, {hi:g}]: {'yes' if monotone else 'no'}")
+    grid = torch.linspace(lo, hi, 30001, dtype=torch.float64)
+    if not monotone:
+        w = weighting(grid)
+        print(f"  peak at λ = {float(grid[w.argmax()]):.4f}: not an ELBO of augmented data "
+              "(a signed combination of ELBOs, KG23 §4)")
+        return
+    aug = augmentation_density(weighting, grid, lo, hi)
+    mass = torch.cumsum(aug.density, 0) * (grid[1] - grid[0])
+    cont = float(mass[-1])
+    print("  augmentation distribution p_w(λ) = −w'(λ)/w(λ_min), plus a point mass at λ_max:")
+    print(f"    continuous part mass {cont:.6f}, point mass at λ_max = {aug.point_mass:.6f}")
+    if cont > 1e-9:
+        quant = [float(grid[torch.searchsorted(mass, q * mass[-1])]) for q in (0.05, 0.25, 0.5, 0.75, 0.95)]
+        mean = float((grid * aug.density).sum() * (grid[1] - grid[0])) / cont
+        print(f"    continuous part: mean λ {mean:.4f}; quantiles 5/25/50/75/95%: "
+              + ", ".join(f"{q:.3f}" for q in quant))
+
+
+def plot(resolved: list[Resolved], lo: float, hi: float, out: Path) -> None:
+    """w(λ)/max w, p(λ) and (monotone ones) the augmentation density p_w of each entry, on one λ axis, written
+    atomically to ``out`` (already checked with ``check_output_path(..., formats=PLOT_FORMATS)``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = torch.linspace(lo, hi, 2001, dtype=torch.float64)
+    fig, axes = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
+    for r in resolved:
+        w = r.weighting(grid)
+        axes[0].plot(grid, w / w.max(), label=r.label)
+        axes[1].plot(grid, r.schedule.density(grid), label=f"{r.label} ({r.schedule.name})")
+        if r.weighting.is_monotonic(lo, hi):
+            aug = augmentation_density(r.weighting, grid, lo, hi)
+            axes[2].plot(grid, aug.density, label=f"{r.label} (+ mass {aug.point_mass:.2g} at λ_max)")
+    axes[0].set_ylabel("w(λ) / max w")
+    axes[1].set_ylabel("schedule p(λ)")
+    axes[2].set_ylabel("augmentation p_w(λ)")
+    axes[2].set_xlabel("log-SNR λ  (noise ←  → data)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    axes[2].set_title("monotone weightings only", fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format=out.suffix.lower()[1:], dpi=120)
+    plt.close(fig)
+    write_atomic(out, buf.getvalue())
+    print(f"wrote {out}")

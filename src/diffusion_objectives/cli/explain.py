@@ -24,8 +24,7 @@ from ..errors import OptionError
 from ..objectives import Objective
 from ..translate import DIFFUSERS_SCHEDULERS, KD_DENSITY_KEYS
 from ..weightings import Weighting
-from ._common import add_command, check_output_path
-from .weightings import PLOT_FORMATS, Resolved, plot, print_augmentation
+from ._common import PLOT_FORMATS, Resolved, add_command, check_output_path, plot, print_augmentation
 
 EXAMPLES = """examples:
   diffobj explain --diffusers weighting_scheme=logit_normal logit_std=1 --scheduler flow shift=3
