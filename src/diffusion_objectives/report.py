@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import image_grid
+from .data import image_grid, scatter_points
 from .evaluation import METRICS
 from .theory import augmentation_density
 
@@ -240,9 +240,7 @@ def _plot_samples(entries, records: list[dict[str, Any]], path: Path) -> None:
             continue
         x = np.load(file)["samples"]
         if x.ndim == 2:
-            ax.scatter(x[:, 0], x[:, 1], s=0.5, alpha=0.5)
-            ax.set_xlim(-2, 2)
-            ax.set_ylim(-2, 2)
+            scatter_points(ax, x, limit=2.0, size=0.5)
         else:
             grid = image_grid(torch.from_numpy(x[:36]), 6)
             ax.imshow(grid[..., 0] if grid.shape[2] == 1 else grid, cmap="gray")

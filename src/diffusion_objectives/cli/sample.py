@@ -32,8 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from .. import evaluation as E
+from ..data import image_grid, quantize, scatter_points
 from ..errors import OptionError
 from ..metrics import format_seeds
 from ._common import (
@@ -76,10 +78,6 @@ GRID_MAX = 256  # samples shown in grid.png
 def to_pixels(x, levels: int | None):
     """Images ``[N, C, H, W]`` in [−1, 1] → uint8 ``[N, H, W, C]``: quantized to the K levels of the data
     (K = 256 if unknown), level k shown as round(255 k / (K − 1)), the inverse of the ``npz`` reader."""
-    import torch
-
-    from ..data import quantize
-
     k = levels or 256
     pixels = torch.round(quantize(x, k).to(torch.float64) * (255.0 / (k - 1)))
     return pixels.to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
@@ -98,10 +96,6 @@ def _npz_writer(**arrays: np.ndarray) -> Callable[[Any], None]:
 
 
 def _write_images(x, labels, seeds: list[int], levels: int | None, out: Path, per_seed: bool, bar) -> list[str]:
-    import torch
-
-    from ..data import image_grid
-
     pixels = to_pixels(x, levels)
     written = []
     if per_seed:
@@ -132,8 +126,7 @@ def _write_points(x, seeds: list[int], out: Path, title: str) -> list[str]:
     points = x.numpy().astype(np.float32)
     write_atomic(out / "samples.npz", _npz_writer(arr_0=points, seeds=np.asarray(seeds, dtype=np.int64)))
     fig, ax = plt.subplots(figsize=(5, 5))
-    ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.5, linewidths=0)
-    ax.set_aspect("equal")
+    scatter_points(ax, points)
     ax.set_title(title, fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -28,7 +28,7 @@ from . import idx as _idx
 from . import images as _images
 from . import toy as _toy
 from .dataset import Dataset, dequantize, quantize, random_hflip
-from .grid import image_grid, save_image_grid
+from .grid import image_grid, save_image_grid, scatter_points
 from .idx import read_idx
 from .sharding import batch_indices, epoch_permutation
 
@@ -47,6 +47,7 @@ __all__ = [
     "epoch_permutation",
     "image_grid",
     "save_image_grid",
+    "scatter_points",
     "read_idx",
 ]
 
