@@ -39,7 +39,7 @@ from .metrics import Extractor
 from .registry import Registry
 
 __all__ = ["SampleSettings", "GRIDS", "sampling_grid", "generate", "elbo_summary", "elbo_examples", "evaluate",
-           "check_elbo_samples", "Metric", "Output", "METRICS", "default_extractor", "dataset_split",
+           "check_elbo_samples", "Metric", "Output", "Evaluation", "METRICS", "default_extractor", "dataset_split",
            "extract_features", "Bar", "sample_shape", "is_image"]
 
 # A progress-bar factory: ``bar(description, total)`` returns an object with ``update(k)`` and ``close()``
@@ -413,14 +413,14 @@ _add(Metric("loss-std", _loss_spread, (Output("loss_rel_std", "relative_std", "l
 
 def _chosen(names: Sequence[str], image: bool) -> list[Metric]:
     """The metrics ``names`` in registry order (the order of ``result["metrics"]``), checked against the data."""
-    chosen = [METRICS.get(name) for name in dict.fromkeys(names)]  # unknown names list the known ones
+    asked = [METRICS.get(name) for name in dict.fromkeys(names)]  # unknown names list the known ones
     kind = "image" if image else "toy"
-    for m in chosen:
+    for m in asked:
         if m.data not in (None, kind):
             fits = [n for n in METRICS.names() if METRICS.get(n).data in (None, kind)]
             raise OptionError(f"metric {m.name!r} is for {'image data' if m.data == 'image' else '2-D toy data'}; "
                               f"for {'images' if image else '2-D toy data'} choose from: {', '.join(fits)}")
-    return [METRICS.get(name) for name in METRICS.names() if name in names]
+    return sorted(asked, key=lambda m: METRICS.names().index(m.name))
 
 
 def _extractor_and_reference(loaded, chosen: list[Metric], extractor, reference

@@ -292,14 +292,22 @@ def flags(**options: str) -> Iterator[None]:
         raise
 
 
-def add_command(sub: argparse._SubParsersAction, name: str, help: str, module) -> argparse.ArgumentParser:
-    """The sub-command ``name`` whose ``--help`` shows ``module``'s docstring and its ``EXAMPLES``."""
-    return sub.add_parser(name, help=help, description=module.__doc__, epilog=module.EXAMPLES,
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_command(sub: argparse._SubParsersAction, name: str, help: str, module,
+                checkpoint: bool = False) -> argparse.ArgumentParser:
+    """The sub-command ``name`` whose ``--help`` shows ``module``'s docstring and its ``EXAMPLES``; with
+    ``checkpoint``, it reads a checkpoint (:func:`add_checkpoint_arguments`)."""
+    p = sub.add_parser(name, help=help, description=module.__doc__, epilog=module.EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    if checkpoint:
+        add_checkpoint_arguments(p)
+    return p
 
 
-def add_sampling_arguments(p: argparse.ArgumentParser, guidance_help: str) -> None:
-    """--sampler, --steps, --grid, --guidance and --batch-size (``diffobj sample`` and ``evaluate``)."""
+def add_sampling_arguments(p: argparse.ArgumentParser, guidance_help: str, default_n: int) -> None:
+    """--n, --seeds, --sampler, --steps, --grid, --guidance and --batch-size (``diffobj sample`` and
+    ``evaluate``; ``default_n`` samples without --n and --seeds)."""
+    p.add_argument("--n", type=int, default=None, help=f"number of samples, seeds 0 … n−1 (default {default_n})")
+    p.add_argument("--seeds", default=None, help="seeds, e.g. 0-63 or 1,5,9-11 (must agree with --n)")
     p.add_argument("--sampler", default="heun", choices=samplers.names(), help="sampler (default heun)")
     p.add_argument("--steps", type=int, default=32, help="grid points (default 32; Heun makes 2·steps − 1 "
                                                          "network evaluations)")

@@ -29,7 +29,6 @@ from .. import evaluation as E
 from ..errors import OptionError
 from ._common import (
     ELBO_BYTES_PER_DRAW,
-    add_checkpoint_arguments,
     add_command,
     check_output_dir,
     check_resources,
@@ -138,8 +137,7 @@ def _elbo(args: argparse.Namespace, loaded, out: Path) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "elbo", "bits/dim (−ELBO) of held-out data with its terms and its split over λ",
-                    sys.modules[__name__])
-    add_checkpoint_arguments(p)
+                    sys.modules[__name__], checkpoint=True)
     p.add_argument("--split", default="test", help="dataset split (default test)")
     p.add_argument("--n", type=int, default=1000, help="examples (default 1000, capped at the split's size)")
     p.add_argument("--samples", type=int, default=32,

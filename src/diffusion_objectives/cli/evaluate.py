@@ -31,23 +31,7 @@ from pathlib import Path
 from .. import evaluation as E
 from ..errors import OptionError
 from ..metrics import extractors
-from ._common import (
-    ELBO_BYTES_PER_DRAW,
-    add_checkpoint_arguments,
-    add_command,
-    add_sampling_arguments,
-    check_output_path,
-    check_resources,
-    eval_dir,
-    flags,
-    hold_run,
-    load_checkpoint,
-    progress_bar,
-    resolve_seeds,
-    sample_bytes,
-    seed_ranges,
-    write_json,
-)
+from . import _common as common
 
 EXAMPLES = """examples:
   diffobj evaluate runs/digits                                    fd,kid,bpd with 1000 samples
@@ -129,8 +113,10 @@ def _given_samples(args: argparse.Namespace, loaded, settings, image: bool):
     """(samples, labels, seeds, settings) of --from-samples, or Nones and the seeds of --n/--seeds (whose
     memory is estimated before the list is built)."""
     if not args.from_samples:
-        seeds = resolve_seeds(args.n, args.seeds, default_n=1000, bytes_per_seed=lambda count: check_resources(
-            "--seeds/--n", f"{count} samples", memory=sample_bytes(loaded, count)))
+        def size(count: int) -> None:
+            common.check_resources("--seeds/--n", f"{count} samples", memory=common.sample_bytes(loaded, count))
+
+        seeds = common.resolve_seeds(args.n, args.seeds, default_n=1000, bytes_per_seed=size)
         return None, None, seeds, settings
     if args.n is not None or args.seeds is not None:
         raise OptionError("--from-samples takes the samples and seeds of the file; drop --n and --seeds")
@@ -153,7 +139,7 @@ def _given_samples(args: argparse.Namespace, loaded, settings, image: bool):
 def run(args: argparse.Namespace) -> int:
     metrics = parse_metrics(args.metrics) if args.metrics is not None else None  # before loading anything
     settings = E.SampleSettings(args.sampler, args.steps, args.grid, args.guidance, args.ema)
-    with flags(steps="--steps", samples="--elbo-samples"):
+    with common.flags(steps="--steps", samples="--elbo-samples"):
         E.sampling_grid(settings.resolved_grid(), settings.steps)
         for name in ("n_elbo", "elbo_samples", "batch_size"):
             if getattr(args, name) < 1:
@@ -162,11 +148,11 @@ def run(args: argparse.Namespace) -> int:
     if args.extractor_path and args.extractor not in (None, "inception"):
         raise OptionError("--extractor-path is for --extractor inception")
     if args.seeds is not None:
-        seed_ranges(args.seeds)
-    out = check_output_path(args.out) if args.out is not None else None
-    loaded = load_checkpoint(args)
-    out = out or check_output_path(eval_dir(loaded) / "metrics.json")
-    with hold_run(loaded, out, "diffobj evaluate"):  # before any work: a run being trained is refused at once
+        common.seed_ranges(args.seeds)
+    out = common.check_output_path(args.out) if args.out is not None else None
+    loaded = common.load_checkpoint(args)
+    out = out or common.check_output_path(common.eval_dir(loaded) / "metrics.json")
+    with common.hold_run(loaded, out, "diffobj evaluate"):  # before any work: a run being trained is refused at once
         return _evaluate(args, loaded, metrics, settings, out)
 
 
@@ -175,22 +161,22 @@ def _evaluate(args: argparse.Namespace, loaded, metrics: list[str] | None, setti
 
     image = E.is_image(loaded)
     metrics = metrics or parse_metrics(None, image)
-    check_resources("--elbo-samples", f"{args.n_elbo} examples x {args.elbo_samples} λ-draws",
-                    memory=args.n_elbo * args.elbo_samples * ELBO_BYTES_PER_DRAW)
+    common.check_resources("--elbo-samples", f"{args.n_elbo} examples x {args.elbo_samples} λ-draws",
+                           memory=args.n_elbo * args.elbo_samples * common.ELBO_BYTES_PER_DRAW)
     samples, labels, seeds, settings = _given_samples(args, loaded, settings, image)
     extractor = None
     if image and any(E.METRICS.get(m).extractor for m in metrics):
         name = args.extractor or E.default_extractor(loaded.config.data.name)
         extractor = extractors.get(name, **({"path": args.extractor_path} if args.extractor_path else {}))
-    with torch.no_grad(), flags(split="--split", samples="--elbo-samples", guidance="--guidance"):
+    with torch.no_grad(), common.flags(split="--split", samples="--elbo-samples", guidance="--guidance"):
         result = E.evaluate(loaded, metrics, n=len(seeds), seeds=seeds, settings=settings, split=args.split,
                             n_elbo=args.n_elbo, elbo_samples=args.elbo_samples, extractor=extractor,
                             reference=args.ref, batch_size=args.batch_size, samples=samples, sample_labels=labels,
                             progress=None if args.no_progress else (lambda msg: print(msg, file=sys.stderr)),
-                            bar=progress_bar(args))
+                            bar=common.progress_bar(args))
     if args.from_samples:
         result["sampling"]["file"] = str(args.from_samples)
-    write_json(out, result)
+    common.write_json(out, result)
     print(f"{loaded.checkpoint_dir} (step {loaded.step}, {'EMA' if loaded.ema else 'raw'} weights)")
     _print_table(result)
     print(f"wrote {out}")
@@ -198,17 +184,14 @@ def _evaluate(args: argparse.Namespace, loaded, metrics: list[str] | None, setti
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = add_command(sub, "evaluate", "FD, KID, coverage, toy metrics, bits/dim of a checkpoint → metrics.json",
-                    sys.modules[__name__])
-    add_checkpoint_arguments(p)
+    p = common.add_command(sub, "evaluate", "FD, KID, coverage, toy metrics, bits/dim of a checkpoint → "
+                           "metrics.json", sys.modules[__name__], checkpoint=True)
     p.add_argument("--metrics", default=None,
                    help=f"comma-separated, from: {', '.join(E.METRICS.names())} (default fd,kid,bpd for images, "
                         "toy,bpd for 2-D data)")
-    p.add_argument("--n", type=int, default=None, help="samples, seeds 0 … n−1 (default 1000)")
-    p.add_argument("--seeds", default=None, help="seeds, e.g. 0-9999 (must agree with --n)")
     p.add_argument("--from-samples", default=None, metavar="DIR_OR_NPZ",
                    help="evaluate the samples written by `diffobj sample` instead of drawing new ones")
-    add_sampling_arguments(p, "classifier-free guidance scale (conditional models)")
+    common.add_sampling_arguments(p, "classifier-free guidance scale (conditional models)", 1000)
     p.add_argument("--split", default="test", help="split for bpd and loss-std (default test)")
     p.add_argument("--n-elbo", type=int, default=256, help="examples for bpd and loss-std (default 256)")
     p.add_argument("--elbo-samples", type=int, default=32, help="λ-draws per example for bpd, a multiple of 8 "

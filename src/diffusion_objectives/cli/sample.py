@@ -39,7 +39,6 @@ from ..data import image_grid, quantize, scatter_points
 from ..errors import OptionError
 from ..metrics import format_seeds
 from ._common import (
-    add_checkpoint_arguments,
     add_command,
     add_sampling_arguments,
     check_output_dir,
@@ -224,14 +223,12 @@ def _sample(args: argparse.Namespace, loaded, settings, out: Path, guide=None) -
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = add_command(sub, "sample", "draw samples from a checkpoint (PNG per seed, grid, .npz)", sys.modules[__name__])
-    add_checkpoint_arguments(p)
+    p = add_command(sub, "sample", "draw samples from a checkpoint (PNG per seed, grid, .npz)", sys.modules[__name__],
+                    checkpoint=True)
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     add_sampling_arguments(p, "guidance scale g: classifier-free ε̂ = (1+g) ε̂(z, c) − g ε̂(z, ∅) (conditional "
                               "models); with --autoguidance x̂ = x̂_bad + (1+g)(x̂ − x̂_bad), i.e. Karras et al.'s "
-                              "w = 1 + g")
-    p.add_argument("--n", type=int, default=None, help="number of samples, seeds 0 … n−1 (default 64)")
-    p.add_argument("--seeds", default=None, help="seeds, e.g. 0-63 or 1,5,9-11 (must agree with --n)")
+                              "w = 1 + g", 64)
     p.add_argument("--autoguidance", default=None, metavar="RUN_OR_CKPT",
                    help="guide with this (smaller or earlier) model instead of the unconditional one (autoguidance, "
                         "Karras et al. 2024); loaded with the same --ema/--device")
