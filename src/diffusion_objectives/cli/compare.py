@@ -65,7 +65,7 @@ def _load_config(path: str, base: S.StudyConfig) -> S.StudyConfig:
 
 
 def _seeds(text: str) -> list[int]:
-    from ..evaluation import parse_seeds
+    from ._common import parse_seeds
 
     return parse_seeds(text)
 
