@@ -5,7 +5,7 @@ Strings become objects only through the registries (:mod:`diffusion_objectives.r
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import hashlib
 import math
 from typing import Any
@@ -49,14 +49,12 @@ def _schedule(current: Schedule | None, comp: Component) -> Schedule:
         return schedules.get("cosine", **comp.params)
     if not comp.params:
         return current
-    if set(comp.params) <= _ENDPOINT_PARAMS:  # truncate / shift the objective's own schedule
-        p = current.params() | comp.params
-        new = copy.copy(current)
+    if set(comp.params) <= _ENDPOINT_PARAMS:  # truncate / shift the objective's own schedule's base map
         try:
-            Schedule.__init__(new, float(p["logsnr_min"]), float(p["logsnr_max"]), float(p.get("shift", 0.0)))
+            bounds = {key: float(value) for key, value in comp.params.items()}
+            return dataclasses.replace(current.truncated(), **bounds)
         except (TypeError, ValueError) as exc:
             raise OptionError(f"loss.schedule: {exc}") from None
-        return new
     if current.name not in schedules.REGISTRY:
         raise OptionError(
             f"loss.schedule: the objective's schedule {current.name!r} takes only logsnr_min, logsnr_max and "
