@@ -30,6 +30,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from ._deprecation import renamed
 from .registry import Registry
 
 __all__ = [
@@ -39,7 +40,7 @@ __all__ = [
     "Cosine",
     "LinearLogSNR",
     "NormalLogSNR",
-    "Flow",
+    "FlowUniformT",
     "DDPMLinear",
     "Laplace",
     "Cauchy",
@@ -541,7 +542,7 @@ class SplitLogNormal(_TailAccurate):
         return {"loc": self.loc, "scale_1": self.scale_1, "scale_2": self.scale_2}
 
 
-class Flow(Schedule):
+class FlowUniformT(Schedule):
     r"""Rectified flow with uniform :math:`t_{RF}`: :math:`t_{RF} = \mathrm{sigmoid}(-\lambda/2)`,
     :math:`p(\lambda) = \tfrac18\mathrm{sech}^2(\lambda/4)` before truncation (derived; docs/theory.md, "Schedules")."""
 
@@ -724,7 +725,7 @@ def _edm(p_mean: float = -1.2, p_std: float = 1.2, logsnr_min: float = LOGSNR_MI
 
 @REGISTRY.register("flow", "rectified flow, uniform t_RF = sigmoid(−λ/2)")
 def _flow(logsnr_min: float = LOGSNR_MIN, logsnr_max: float = LOGSNR_MAX, shift: float = 0.0) -> Schedule:
-    return Flow(logsnr_min, logsnr_max, shift)
+    return FlowUniformT(logsnr_min, logsnr_max, shift)
 
 
 @REGISTRY.register("logit-normal", "SD3 logit-normal t_RF: logit t ~ N(m, s²) ⇔ λ ~ N(−2m, 4s²)")
@@ -791,3 +792,7 @@ def get(name: str, **params) -> Schedule:
 
 def names() -> list[str]:
     return REGISTRY.names()
+
+
+# deprecated names (issue 11: names unique across modules); registry names are unchanged
+__getattr__ = renamed(__name__, {"Flow": "FlowUniformT"}, globals())

@@ -5,7 +5,7 @@ r"""Weighting functions w(λ): the weighting alone defines a diffusion objective
 Every weighting can be translated along λ by ``shift`` s: w_s(λ) = w(λ − s) (resolution shifts,
 docs/theory.md, "Schedules"). Constants are the exact ones obtained from each published loss through
 w = 2·p·c·k (docs/theory.md, "Converting a published loss"), with p the *untruncated* published
-density; see :func:`from_published`.
+density; see :func:`published_weighting`.
 Functions are written with ``logsigmoid``/``logaddexp`` so that values and gradients stay finite on
 [λ_min, λ_max] in float32 and float64.
 """
@@ -20,6 +20,7 @@ import torch
 from scipy import optimize
 from torch import Tensor
 
+from ._deprecation import renamed
 from .errors import OptionError
 from .registry import Registry
 
@@ -27,7 +28,7 @@ __all__ = [
     "Weighting",
     "Elbo",
     "Sigmoid",
-    "EDM",
+    "EDMWeighting",
     "EpsCosine",
     "VCosine",
     "FlowWeighting",
@@ -42,7 +43,7 @@ __all__ = [
     "Published",
     "MonotoneEnvelope",
     "monotone_envelope",
-    "from_published",
+    "published_weighting",
     "REGISTRY",
     "get",
     "names",
@@ -127,7 +128,7 @@ class Sigmoid(Weighting):
         return {"bias": self.bias, **super().params()}
 
 
-class EDM(Weighting):
+class EDMWeighting(Weighting):
     r"""EDM22's loss as a weighting (σ_d = sigma_data, ln σ_VE ~ N(p_mean, p_std²), F-target):
     :math:`w = 2\,N(\lambda; -2P_{mean}, 4P_{std}^2)\,(e^{-\lambda} + \sigma_d^2)/\sigma_d^2`;
     with the defaults, exactly 8 N(λ; 2.4, 2.4²)(e^{−λ} + 0.25) (docs/theory.md, "Converting a published loss")."""
@@ -339,7 +340,7 @@ class Published(Weighting):
         return 2 * self.schedule.density(logsnr) * c * self.parameterization.loss_factor(logsnr)
 
 
-def from_published(density, loss_weight, parameterization) -> Weighting:
+def published_weighting(density, loss_weight, parameterization) -> Weighting:
     """Convert a published loss (sampling density, per-sample loss weight c(λ), prediction target) to w(λ)."""
     return Published(density, loss_weight, parameterization)
 
@@ -398,7 +399,7 @@ class EDMMonotonic(MonotoneEnvelope):
     name, formula = "edm-monotonic", "w = max_{λ' ≥ λ} w_EDM(λ')"
 
     def __init__(self, p_mean: float = -1.2, p_std: float = 1.2, sigma_data: float = 0.5, shift: float = 0.0):
-        super().__init__(EDM(p_mean, p_std, sigma_data))
+        super().__init__(EDMWeighting(p_mean, p_std, sigma_data))
         self.shift = float(shift)
 
     def params(self):
@@ -406,7 +407,7 @@ class EDMMonotonic(MonotoneEnvelope):
 
 
 REGISTRY: Registry[Weighting] = Registry("weighting")
-for _cls in (Elbo, Sigmoid, EDM, EDMMonotonic, EpsCosine, VCosine, FlowWeighting, SD3, MinSNR, P2, InDI, DDPM,
+for _cls in (Elbo, Sigmoid, EDMWeighting, EDMMonotonic, EpsCosine, VCosine, FlowWeighting, SD3, MinSNR, P2, InDI, DDPM,
              MinSNRV, Debiased, SoftMinSNR):
     REGISTRY.add(_cls.name, _cls, _cls.formula)
 
@@ -418,3 +419,7 @@ def get(name: str, **params) -> Weighting:
 
 def names() -> list[str]:
     return REGISTRY.names()
+
+
+# deprecated names (issue 11: names unique across modules); registry names are unchanged
+__getattr__ = renamed(__name__, {"EDM": "EDMWeighting", "from_published": "published_weighting"}, globals())
