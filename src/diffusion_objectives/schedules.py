@@ -52,6 +52,7 @@ __all__ = [
     "get",
     "names",
     "stratified_uniform",
+    "antithetic_grid",
     "LOGSNR_MIN",
     "LOGSNR_MAX",
 ]
@@ -60,12 +61,20 @@ LOGSNR_MIN = -15.0
 LOGSNR_MAX = 15.0
 
 
+def antithetic_grid(m: int, shape: tuple[int, ...] = (), generator: torch.Generator | None = None,
+                    device: torch.device | str | None = None) -> Tensor:
+    """VDM21's antithetic (low-discrepancy) grid t_j = (u + j/m) mod 1, j = 0, …, m − 1, with one offset
+    u ~ U(0, 1) per entry of ``shape`` (drawn first, as ``torch.rand(shape)``); float64 ``[m, *shape]``."""
+    u = torch.rand(shape, generator=generator, dtype=torch.float64, device=device)
+    j = torch.arange(m, dtype=torch.float64, device=device).reshape((m,) + (1,) * len(shape))
+    return torch.remainder(u + j / m, 1.0)
+
+
 def stratified_uniform(n: int, generator: torch.Generator | None = None, *, stratified: bool = False,
                        device: torch.device | str | None = None) -> Tensor:
-    """``n`` draws from U(0, 1); with ``stratified``, VDM21's antithetic grid ``(u + j/n) mod 1``."""
+    """``n`` draws from U(0, 1), ``[n]``; with ``stratified``, one :func:`antithetic_grid` of ``n`` points."""
     if stratified:
-        u = torch.rand((), generator=generator, dtype=torch.float64, device=device)
-        return torch.remainder(u + torch.arange(n, dtype=torch.float64, device=device) / n, 1.0)
+        return antithetic_grid(n, (), generator, device)
     return torch.rand(n, generator=generator, dtype=torch.float64, device=device)
 
 
