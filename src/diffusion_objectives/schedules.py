@@ -214,8 +214,24 @@ class Schedule(ABC):
         return f"{type(self).__name__}({inner})"
 
 
+class _ViaMap:
+    """``_g``, ``_dg`` and ``_g_inv`` of the base map bound to the schedule (``self._map``, set by
+    :meth:`Schedule._bind`)."""
+
+    _map: Any
+
+    def _g(self, logsnr: Tensor) -> Tensor:
+        return self._map._g(logsnr)
+
+    def _dg(self, logsnr: Tensor) -> Tensor:
+        return self._map._dg(logsnr)
+
+    def _g_inv(self, g: Tensor) -> Tensor:
+        return self._map._g_inv(g)
+
+
 @dataclass(frozen=True, eq=False, repr=False)
-class Truncated(Schedule):
+class Truncated(_ViaMap, Schedule):
     r"""The base map of ``base`` truncated to [logsnr_min, logsnr_max] and shifted by ``shift`` (module
     docstring; ``base``'s own endpoints and shift play no part). Frozen: change the endpoints or the shift
     with :func:`dataclasses.replace`, which recomputes the normaliser Z and nothing else; the numbers are
@@ -235,15 +251,6 @@ class Truncated(Schedule):
     @property
     def name(self) -> str:  # type: ignore[override]
         return self.base.name
-
-    def _g(self, logsnr):
-        return self._map._g(logsnr)
-
-    def _dg(self, logsnr):
-        return self._map._dg(logsnr)
-
-    def _g_inv(self, g):
-        return self._map._g_inv(g)
 
     def truncated(self) -> Truncated:
         return self
@@ -291,7 +298,7 @@ class LinearLogSNR(Schedule):
         return -g
 
 
-class _TailAccurate(Schedule):
+class _TailAccurate(_ViaMap, Schedule):
     r"""A schedule given by a distribution of λ with CDF F, survival S = 1 − F and density f.
 
     The base map is g = S in the upper tail and g = −F in the lower one (both decreasing; only differences
@@ -323,15 +330,6 @@ class _TailAccurate(Schedule):
         mid = torch.tensor(0.0 if not (math.isfinite(lo) and math.isfinite(hi)) else 0.5 * (lo + hi),
                            dtype=torch.float64)
         return _Tail(self, bool(self._cdf(mid) >= self._sf(mid)))
-
-    def _g(self, logsnr):
-        return self._map._g(logsnr)
-
-    def _dg(self, logsnr):
-        return self._map._dg(logsnr)
-
-    def _g_inv(self, g):
-        return self._map._g_inv(g)
 
 
 @dataclass(frozen=True)

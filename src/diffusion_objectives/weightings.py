@@ -52,6 +52,13 @@ __all__ = [
 _LOG_2PI = math.log(2 * math.pi)
 
 
+def _positive(name: str, value: float) -> float:
+    """``value`` as a float, or a ValueError naming the parameter ``name`` unless it is positive."""
+    if not value > 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return float(value)
+
+
 def _log_sech(x: Tensor) -> Tensor:
     """log sech(x) = log 2 − |x| − log1p(e^{−2|x|})."""
     a = x.abs()
@@ -137,9 +144,8 @@ class EDMWeighting(Weighting):
 
     def __init__(self, p_mean: float = -1.2, p_std: float = 1.2, sigma_data: float = 0.5, shift: float = 0.0):
         super().__init__(shift)
-        if not (p_std > 0 and sigma_data > 0):
-            raise ValueError("p_std and sigma_data must be positive")
-        self.p_mean, self.p_std, self.sigma_data = float(p_mean), float(p_std), float(sigma_data)
+        self.p_mean, self.p_std = float(p_mean), _positive("p_std", p_std)
+        self.sigma_data = _positive("sigma_data", sigma_data)
 
     def _log_w(self, logsnr):
         log_sd2 = 2 * math.log(self.sigma_data)
@@ -184,9 +190,7 @@ class SD3(Weighting):
 
     def __init__(self, m: float = 0.0, s: float = 1.0, shift: float = 0.0):
         super().__init__(shift)
-        if not s > 0:
-            raise ValueError("s must be positive")
-        self.m, self.s = float(m), float(s)
+        self.m, self.s = float(m), _positive("s", s)
 
     def _log_w(self, logsnr):
         log_k = 2 * torch.nn.functional.softplus(-0.5 * logsnr)  # log (1 + e^{−λ/2})²
@@ -203,9 +207,7 @@ class MinSNR(Weighting):
 
     def __init__(self, gamma: float = 5.0, shift: float = 0.0):
         super().__init__(shift)
-        if not gamma > 0:
-            raise ValueError("gamma must be positive")
-        self.gamma = float(gamma)
+        self.gamma = _positive("gamma", gamma)
 
     def _log_w(self, logsnr):
         clip = torch.clamp(math.log(self.gamma) - logsnr, max=0.0)
@@ -269,9 +271,7 @@ class SoftMinSNR(Weighting):
 
     def __init__(self, sigma_data: float = 0.5, shift: float = 0.0):
         super().__init__(shift)
-        if not sigma_data > 0:
-            raise ValueError(f"sigma_data must be positive, got {sigma_data}")
-        self.sigma_data = float(sigma_data)
+        self.sigma_data = _positive("sigma_data", sigma_data)
 
     def _log_w(self, logsnr):
         return torch.nn.functional.logsigmoid(-2 * math.log(self.sigma_data) - logsnr)
@@ -287,9 +287,7 @@ class P2(Weighting):
 
     def __init__(self, gamma: float = 1.0, k: float = 1.0, shift: float = 0.0):
         super().__init__(shift)
-        if not k > 0:
-            raise ValueError("k must be positive")
-        self.gamma, self.k = float(gamma), float(k)
+        self.gamma, self.k = float(gamma), _positive("k", k)
 
     def _log_w(self, logsnr):
         log_k_plus_snr = torch.logaddexp(torch.full_like(logsnr, math.log(self.k)), logsnr)

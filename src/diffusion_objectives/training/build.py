@@ -6,7 +6,6 @@ Strings become objects only through the registries (:mod:`diffusion_objectives.r
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 from typing import Any
 
@@ -14,6 +13,7 @@ import torch
 
 from .. import objectives, parameterizations, schedules, weightings
 from ..adaptive import AdaptiveSchedule
+from ..data.toy import derive_seed
 from ..errors import OptionError
 from ..objectives import Objective
 from ..schedules import Schedule
@@ -21,11 +21,6 @@ from .config import Component, DataConfig, LossConfig, NetworkConfig
 
 __all__ = ["build_objective", "build_dataset", "build_network", "complete_network_params", "check_names",
            "derive_seed"]
-
-
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed that is a fixed function of ``parts`` (stable across processes, machines, runs)."""
-    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little") >> 1
 
 
 # ---- the objective ---------------------------------------------------------------------------------------
