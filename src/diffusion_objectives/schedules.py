@@ -209,9 +209,13 @@ class Schedule(ABC):
         return self.base_params() | {"logsnr_min": self.logsnr_min, "logsnr_max": self.logsnr_max,
                                      "shift": self.shift}
 
+    def _kind(self) -> str:
+        """The class name the repr shows (a :class:`Truncated` shows its base's)."""
+        return type(self).__name__
+
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={v:g}" for k, v in self.params().items())
-        return f"{type(self).__name__}({inner})"
+        return f"{self._kind()}({inner})"
 
 
 class _ViaMap:
@@ -234,8 +238,10 @@ class _ViaMap:
 class Truncated(_ViaMap, Schedule):
     r"""The base map of ``base`` truncated to [logsnr_min, logsnr_max] and shifted by ``shift`` (module
     docstring; ``base``'s own endpoints and shift play no part). Frozen: change the endpoints or the shift
-    with :func:`dataclasses.replace`, which recomputes the normaliser Z and nothing else; the numbers are
-    those of ``type(base)(..., logsnr_min, logsnr_max, shift)`` bit for bit."""
+    with :func:`dataclasses.replace`, which recomputes the normaliser Z and nothing else. A tail-accurate
+    ``base`` keeps the tail it chose when it was built (as re-truncation always has), so its numbers can
+    differ from a fresh ``type(base)(..., logsnr_min, logsnr_max, shift)`` in the last bits; for every other
+    map they are the same bit for bit."""
 
     base: Schedule
     logsnr_min: float = LOGSNR_MIN
@@ -258,9 +264,8 @@ class Truncated(_ViaMap, Schedule):
     def base_params(self) -> dict[str, float]:
         return self.base.base_params()
 
-    def __repr__(self) -> str:
-        inner = ", ".join(f"{k}={v:g}" for k, v in self.params().items())
-        return f"{type(self.base).__name__}({inner})"
+    def _kind(self) -> str:
+        return self.base._kind()
 
 
 class Cosine(Schedule):
