@@ -23,7 +23,7 @@ import torch
 
 from diffusion_objectives import AdaptiveSchedule, WeightedLoss, mixtures, parameterizations, schedules, weightings
 
-WEIGHTINGS = {"sigmoid": lambda: weightings.Sigmoid(2.0), "edm": weightings.EDM, "elbo": weightings.Elbo}
+WEIGHTINGS = {"sigmoid": lambda: weightings.Sigmoid(2.0), "edm": weightings.EDMWeighting, "elbo": weightings.Elbo}
 SCHEDULES = {"cosine": lambda: schedules.get("cosine"), "linear-logsnr": lambda: schedules.get("linear-logsnr"),
              "edm": lambda: schedules.get("edm")}
 

@@ -170,11 +170,11 @@ def cross_check(peer_name, peer, x, gen) -> list[dict]:
             Z = cdf((edm.logsnr_max - 2.4) / 2.4) - cdf((edm.logsnr_min - 2.4) / 2.4)  # mass of N(2.4, 2.4²) kept
             const = D * Z
             theirs = peer.Denoiser(KInner(net), sigma_data=SIGMA_DATA, weighting="karras").loss(x, noise, sigma)
-            mine = WeightedLoss(weightings.EDM(), edm, parameterizations.EDM(SIGMA_DATA)).loss_at(net, x, noise,
-                                                                                                  lam).loss
+            loss_fn = WeightedLoss(weightings.EDMWeighting(), edm, parameterizations.EDMPrecond(SIGMA_DATA))
+            mine = loss_fn.loss_at(net, x, noise, lam).loss
             r = (mine.double() / theirs.double()) / const
             out.append({"peer": "k-diffusion", "objective": "EDM (Denoiser.loss, karras weighting, σ_data 0.5)",
-                        "ours": "WeightedLoss(EDM(), edm schedule, EDM(0.5))", "constant": "D·Z",
+                        "ours": "WeightedLoss(EDMWeighting(), edm schedule, EDMPrecond(0.5))", "constant": "D·Z",
                         "constant_value": const, "max_rel_dev": float((r - 1).abs().max()),
                         "z_max_abs_diff": float("nan"), "n": x.shape[0],
                         "logsnr_range": [float(lam.min()), float(lam.max())]})
@@ -240,8 +240,8 @@ def main() -> None:
                 pairs.append(("diffusers", label))
         if "k-diffusion" in available:
             label = "EDM"
-            variants[f"diffobj {label}"] = ours(weightings.EDM(), schedules.get("edm"),
-                                                parameterizations.EDM(SIGMA_DATA))[1]
+            variants[f"diffobj {label}"] = ours(weightings.EDMWeighting(), schedules.get("edm"),
+                                                parameterizations.EDMPrecond(SIGMA_DATA))[1]
             variants[f"k-diffusion {label}"] = "kdiff"
             pairs.append(("k-diffusion", label))
         if not variants:

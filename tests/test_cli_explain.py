@@ -13,7 +13,7 @@ def test_diffusers_sd3_example(capsys):
     assert main(["explain", "--diffusers", "weighting_scheme=logit_normal", "logit_std=1",
                  "--scheduler", "flow", "shift=3"]) == 0
     out = capsys.readouterr().out
-    assert "parameterization: Flow()" in out and "k(λ) = (1 + e^{−λ/2})²" in out
+    assert "parameterization: FlowVelocity()" in out and "k(λ) = (1 + e^{−λ/2})²" in out
     assert f"shift={-2 * math.log(3):g}" in out  # SD3's shift 3 moves λ by −2 ln 3
     assert "monotone on [-15, 15]: no" in out and "sigmoid(b − λ) with b =" in out and "edm-monotonic: distance" in out
 

@@ -387,3 +387,31 @@ def test_batches_depend_on_seed_and_epoch():
         batch_indices(10, 5, 0, 0, rank=0, world_size=2)
     with pytest.raises(OptionError, match="rank"):
         batch_indices(10, 4, 0, 0, rank=2, world_size=2)
+
+
+def _tiny_builds(tmp_path: Path) -> dict[str, dict]:
+    """Parameters that build every registered dataset from small files written here."""
+    images, labels = rng_pixels((4, 3, 5)), np.array([1, 0, 2, 1], dtype=np.uint8)
+    for prefix in ("train", "t10k"):
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", labels)
+    for i, a in enumerate(rng_pixels((3, 4, 4, 3))):
+        save_png(tmp_path / "pngs" / f"{i}.png", a)
+    np.savez(tmp_path / "d.npz", rng_pixels((3, 4, 6, 1)))
+    edm = write_zip(tmp_path / "d.zip", edm_layout(rng_pixels((3, 4, 4, 3)), None))
+    return {"digits": {}, "fashion-mnist": {"root": str(tmp_path)}, "mnist-idx": {"root": str(tmp_path)},
+            "folder": {"path": str(tmp_path / "pngs")}, "npz": {"path": str(tmp_path / "d.npz")},
+            "edm-zip": {"path": str(edm)}}
+
+
+def test_is_image_agrees_with_the_data_of_every_registered_dataset(tmp_path):
+    """The registry's image flag (and the probe parameters of the toy data) against what each dataset builds:
+    images are [N, C, H, W] with K levels, points [N, D] continuous."""
+    builds = _tiny_builds(tmp_path)
+    for name in data.names():
+        ds = data.get(name, **builds.get(name, {}), **data.probe_params(name))
+        assert data.is_image(name) == (ds.data.ndim == 4) == (ds.levels is not None), name
+        if not data.is_image(name):
+            assert ds.data.shape == (16, 2) and ds.mixture is not None  # the probe: 16 points of the density
+    with pytest.raises(OptionError, match="unknown dataset 'rings'; choose from: ring, grid, anisotropic, digits"):
+        data.is_image("rings")

@@ -1,7 +1,10 @@
 """The evaluation protocol (evaluation.py) on tiny trained checkpoints: per-seed sampling, the ELBO summary
 re-derived from a direct ``elbo()`` call, provenance, and the errors for unknown or mismatched metrics."""
 
+import functools
+import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -10,9 +13,13 @@ import torch
 
 from diffusion_objectives import evaluation as E
 from diffusion_objectives import metrics as M
+from diffusion_objectives import report
 from diffusion_objectives.elbo import elbo
 from diffusion_objectives.errors import OptionError
+from diffusion_objectives.registry import Registry
 from diffusion_objectives.training import load_for_inference
+
+RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 
 
 @pytest.fixture(scope="module")
@@ -170,17 +177,6 @@ def test_extract_features_in_chunks_equals_one_call():
     assert updates[0] == len(x) and sum(updates[1:]) == len(x)
 
 
-@pytest.mark.parametrize("text, seeds", [("0-3", [0, 1, 2, 3]), ("1,5,9-11", [1, 5, 9, 10, 11]), ("7", [7])])
-def test_parse_seeds(text, seeds):
-    assert E.parse_seeds(text) == seeds
-
-
-@pytest.mark.parametrize("text", ["", "a-b", "5-2", "-1"])
-def test_parse_seeds_errors(text):
-    with pytest.raises(OptionError, match="--seeds"):
-        E.parse_seeds(text)
-
-
 def test_progress_bars_count_the_work_without_changing_it(runs):
     bars: dict[str, list[int]] = {}
 
@@ -204,3 +200,69 @@ def test_progress_bars_count_the_work_without_changing_it(runs):
     elbo_bar = next(v for k, v in bars.items() if k.startswith("ELBO"))
     assert sampling[0] == 40 and sum(sampling[1:]) == 40 and len(sampling) == 4  # batches of 16, 16, 8
     assert elbo_bar[0] == 16 * 8 and sum(elbo_bar[1:]) == 16 * 8
+
+
+# the report's names of the metrics' scalars and where each sits in a metric's record: the names and keys of
+# the results.json files written before the metrics were registry objects, which must stay readable
+REPORT_NAMES = {"fd": ("fd", "value"), "kid": ("kid", "mean"), "accuracy": ("coverage", "accuracy"),
+                "reverse_kl": ("toy", "reverse_kl"), "cross_entropy": ("toy", "cross_entropy"),
+                "sliced_wasserstein": ("toy", "sliced_wasserstein"), "mmd": ("toy", "mmd"),
+                "bpd": ("bpd", "value"), "loss_rel_std": ("loss-std", "relative_std")}
+
+
+def test_metric_registry_rejects_unknown_names_listing_the_known_ones(runs):
+    with pytest.raises(OptionError, match="unknown metric 'fid'; choose from: fd, kid, coverage, toy, bpd, loss-std"):
+        E.evaluate(runs["digits"], ["fd", "fid"], n=4)
+    assert E.METRICS.names() == ["fd", "kid", "coverage", "toy", "bpd", "loss-std"]
+
+
+@pytest.mark.parametrize("name, metrics", [("toy", ["loss-std", "toy", "bpd"]),
+                                           ("digits", ["coverage", "fd", "kid", "bpd", "loss-std"])])
+def test_each_metrics_named_outputs_are_the_values_in_the_saved_json(runs, tmp_path, name, metrics):
+    """Every metric's named outputs, computed by ``Metric.compute`` and read back from the JSON file evaluate's
+    result is written to, are the values at the documented keys; records come in registry order whatever order
+    was asked for, and every output of every asked metric is there."""
+    r = E.evaluate(runs[name], metrics, n=48, settings=E.SampleSettings("heun", 4), n_elbo=16, elbo_samples=8)
+    assert list(r["metrics"]) == [m for m in E.METRICS.names() if m in metrics]
+    (tmp_path / "eval.json").write_text(json.dumps(r))
+    saved = json.loads((tmp_path / "eval.json").read_text())["metrics"]
+    got = {}
+    for metric_name, record in saved.items():
+        metric = E.METRICS.get(metric_name)
+        scalars = metric.scalars(record)
+        assert list(scalars) == [o.name for o in metric.outputs if record[o.key] is not None]
+        got.update(scalars)
+    expected = {out: saved[m][key] for out, (m, key) in REPORT_NAMES.items() if m in saved}
+    assert got == expected and all(isinstance(v, float) for v in got.values())
+    assert report.extract({"result": {"metrics": saved}}) == expected
+
+
+def test_report_reads_the_outputs_of_any_registered_metric_by_name(monkeypatch):
+    """A metric added to the registry gets its column, direction and values in the report without any
+    change to report.py."""
+    registry = Registry("metric")
+    for name in E.METRICS.names():
+        registry.add(name, functools.partial(E.METRICS.get, name))
+    extra = E.Metric("sharpness", lambda ev: {"score": 0.25}, (E.Output("sharp", "score", "sharpness ↑", 1),))
+    registry.add("sharpness", lambda: extra)
+    monkeypatch.setattr(report, "METRICS", registry)
+    assert ("sharp", "sharpness ↑", 1) in report.columns() and report.columns()[-1][0] == "train_seconds"
+    record = {"result": {"metrics": {"fd": {"value": 3.5}, "sharpness": {"score": 0.25}}}, "train_seconds": 7}
+    assert report.extract(record) == {"fd": 3.5, "sharp": 0.25, "train_seconds": 7.0}
+    rows = [{"entry": e, "monotone": mono, "seeds": [0, 1], "metrics": {"sharp": {"mean": v, "se": 0.01, "n": 2}}}
+            for e, mono, v in (("a", True, 0.9), ("b", False, 0.2))]
+    head, body = report._table(rows)
+    assert head[3:] == ["sharpness ↑"] and [b[3] for b in body] == ["0.9000 ± 0.0100", "0.2000 ± 0.0100"]
+
+
+@pytest.mark.parametrize("study", sorted(p.parent.name for p in RESULTS.glob("*/results.json")))
+def test_committed_results_read_the_same_through_the_registry(study):
+    """The summary means of every committed results.json (written by the report before the metrics were
+    registry objects) are the means of what ``report.extract`` now reads from its runs."""
+    results = json.loads((RESULTS / study / "results.json").read_text())
+    for row in results["summary"]:
+        values = [report.extract(r) for r in results["runs"] if r["entry"] == row["entry"]]
+        assert set(row["metrics"]) == set().union(*values)
+        for key, stat in row["metrics"].items():
+            column = [v[key] for v in values if key in v]
+            assert stat["n"] == len(column) and stat["mean"] == pytest.approx(float(np.mean(column)), rel=1e-12)

@@ -231,7 +231,7 @@ def test_edm_stochastic_is_edms_imagenet64_setting():
     e = samplers.EDM_STOCHASTIC
     assert (e.steps, e.nfe, e.s_churn, e.s_min, e.s_max, e.s_noise) == (256, 511, 40.0, 0.05, 50.0, 1.003)
     assert samplers.get("edm-stochastic") is samplers.edm_stochastic
-    assert "edm-stochastic" in samplers.names() and "edm-stochastic" in samplers.STOCHASTIC
+    assert "edm-stochastic" in samplers.names() and samplers.REGISTRY.get("edm-stochastic").stochastic
 
 
 @pytest.mark.parametrize("param", ["eps", "edm"])
@@ -370,8 +370,13 @@ def test_single_point_grid_is_one_denoising_step():
 def test_registry_and_bad_inputs():
     assert samplers.names() == ["ancestral", "ddim", "heun", "dpmpp-2m", "edm-stochastic"]
     assert samplers.get("dpmpp-2m") is samplers.dpmpp_2m
-    with pytest.raises(OptionError, match="dpmpp-2m"):
+    with pytest.raises(OptionError, match="unknown sampler 'euler'; choose from: ancestral, ddim, heun, dpmpp-2m, "
+                                          "edm-stochastic"):
         samplers.get("euler")
+    with pytest.raises(OptionError, match="unknown sampling grid 'karras'; choose from: edm, cosine, uniform-logsnr"):
+        samplers.grid("karras", 8)
+    with pytest.raises(OptionError, match="steps 1: a grid needs at least 2 points"):
+        samplers.grid("edm", 1)
     p = parameterizations.Eps()
     noise = torch.zeros(2, 2, dtype=torch.float64)
     with pytest.raises(ValueError, match="increasing"):
@@ -504,3 +509,24 @@ def test_guidance_interval_errors():
     with pytest.raises(ValueError, match="lo <= hi"):
         samplers.ddim(GOOD.denoiser(p), p, noise, samplers.grid_edm(4), guidance=1.0, guide=guide,
                       guidance_interval=(3.0, 1.0))
+
+
+def test_sampler_objects_run_their_core_and_only_the_stochastic_ones_draw():
+    """A registry Sampler on a Denoiser equals its documented (model, parameterization) function bit for bit;
+    exactly the samplers named stochastic use their generators (their output changes with the seeds of the
+    generators at fixed initial noise), and the grid registry gives the grid functions' points."""
+    p = parameterizations.Eps()
+    noise = samplers.seeded_noise([1, 2, 3], (2,), dtype=torch.float64)
+    grid = samplers.grid("edm", 6)
+    torch.testing.assert_close(grid, samplers.grid_edm(6), rtol=0, atol=0)
+    torch.testing.assert_close(samplers.grid("uniform-logsnr", 5), torch.linspace(-15, 15, 5, dtype=torch.float64))
+    for name in samplers.names():
+        sampler = samplers.REGISTRY.get(name)
+        assert sampler.name == name and sampler.function is samplers.get(name)
+        gens = samplers.seeded_generators([4, 5, 6])
+        via_core = sampler(samplers.Denoiser(MIX.denoiser(p), p), noise, grid, generators=gens)
+        kw = {"generators": samplers.seeded_generators([4, 5, 6])} if sampler.stochastic else {}
+        torch.testing.assert_close(via_core, sampler.function(MIX.denoiser(p), p, noise, grid, **kw), rtol=0, atol=0)
+        other = sampler(samplers.Denoiser(MIX.denoiser(p), p), noise, grid,
+                        generators=samplers.seeded_generators([7, 8, 9]))
+        assert (not torch.equal(via_core, other)) == sampler.stochastic, name

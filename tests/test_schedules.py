@@ -151,7 +151,7 @@ def test_logit_normal_matches_sd3_definition():
 
 
 def test_flow_density_closed_form():
-    s = schedules.Flow(-math.inf, math.inf)
+    s = schedules.FlowUniformT(-math.inf, math.inf)
     lam = np.linspace(-20, 20, 81)
     np.testing.assert_allclose(s.density(torch.tensor(lam)).numpy(), 1 / 8 / np.cosh(lam / 4) ** 2, rtol=1e-10)
 

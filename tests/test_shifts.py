@@ -41,7 +41,7 @@ def test_sd3_shift_is_the_rectified_flow_time_shift(m, n):
     t = np.linspace(0.01, 0.99, 99)
     expected = _logsnr_rf(_rf_time_shift(t, alpha))
     # the flow schedule (uniform t_RF), untruncated, translated by the shift
-    ours = schedules.Flow(-math.inf, math.inf, shift=sd3_shift(m, n)).logsnr(torch.tensor(t)).numpy()
+    ours = schedules.FlowUniformT(-math.inf, math.inf, shift=sd3_shift(m, n)).logsnr(torch.tensor(t)).numpy()
     np.testing.assert_allclose(ours, expected, rtol=1e-9, atol=1e-9)
 
 
@@ -60,7 +60,7 @@ def test_flux_shift_matches_diffusers(tokens):
     assert flux_mu(tokens) == pytest.approx(mu, rel=1e-12)
     t = np.linspace(0.01, 0.99, 99)
     expected = _logsnr_rf(np.array([_diffusers_exponential_time_shift(mu, v) for v in t]))
-    ours = schedules.Flow(-math.inf, math.inf, shift=flux_shift(tokens)).logsnr(torch.tensor(t)).numpy()
+    ours = schedules.FlowUniformT(-math.inf, math.inf, shift=flux_shift(tokens)).logsnr(torch.tensor(t)).numpy()
     np.testing.assert_allclose(ours, expected, rtol=1e-9, atol=1e-9)
     assert flux_shift(tokens) == pytest.approx(-2 * mu)
 

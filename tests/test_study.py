@@ -1,23 +1,28 @@
 """The study end to end on a tiny grid: runs, reuse on rerun, report and JSON agree cell by cell."""
 
+import dataclasses
 import json
 import re
+from pathlib import Path
 
 import pytest
+import yaml
 
 from diffusion_objectives import evaluation
 from diffusion_objectives import study as S
+from diffusion_objectives.cli import compare as compare_cli
 from diffusion_objectives.cli import main
 from diffusion_objectives.errors import OptionError
 from diffusion_objectives.report import _table, format_cell
+from diffusion_objectives.training import config as tconfig
 from diffusion_objectives.training import load_for_inference
 
-TINY = ["data.name=anisotropic", "network.params.hidden=32", "network.params.depth=2",
-        "network.params.fourier_features=16", "run.checkpoint_every=0", "run.sample_every=0", "run.log_every=5"]
+TINY = {"data.name": "anisotropic", "network.params.hidden": 32, "network.params.depth": 2,
+        "network.params.fourier_features": 16, "run.checkpoint_every": 0, "run.sample_every": 0, "run.log_every": 5}
 
 
 def _tiny_study(**changes):
-    study = S.StudyConfig(preset="toy2d", overrides=list(TINY), steps=30, batch_size=64,
+    study = S.StudyConfig(preset="toy2d", overrides=dict(TINY), steps=30, batch_size=64,
                           grid=["edm", "sigmoid:bias=-1+adaptive"], seeds=[0, 1],
                           evaluation=S.EvalProtocol(metrics=["toy", "bpd", "loss-std"], n=64, steps=8,
                                                     n_elbo=32, elbo_samples=8),
@@ -95,7 +100,7 @@ def test_parse_entry_suffixes_set_the_adaptive_schedule_and_the_uncertainty_head
     both = S.parse_entry("edm-monotonic+uncertainty+adaptive")
     assert both == S.parse_entry("edm-monotonic+adaptive+uncertainty")
     assert both.label == "edm-monotonic+adaptive+uncertainty" and both.slug == "edm-monotonic_adaptive_uncertainty"
-    assert both.overrides() == ["loss.adaptive.enabled=true", "loss.uncertainty.enabled=true"]
+    assert both.overrides() == {"loss.adaptive.enabled": True, "loss.uncertainty.enabled": True}
     cfg = S.run_config(S.study_preset("adaptive"), both, 1)
     assert cfg.loss.adaptive.enabled and cfg.loss.uncertainty.enabled and cfg.seed == 1
     only = S.parse_entry("sigmoid:bias=2+uncertainty")
@@ -106,7 +111,7 @@ def test_parse_entry_suffixes_set_the_adaptive_schedule_and_the_uncertainty_head
 def test_parse_entry_and_monotonicity():
     e = S.parse_entry("sigmoid:bias=-2+adaptive")
     assert e.label == "sigmoid:bias=-2+adaptive" and e.adaptive and e.is_monotonic()
-    assert e.overrides() == ["loss.weighting.bias=-2.0", "loss.adaptive.enabled=true"]
+    assert e.overrides() == {"loss.weighting.bias": -2.0, "loss.adaptive.enabled": True}
     assert not S.parse_entry("edm").is_monotonic()
     assert S.parse_entry("edm-monotonic").is_monotonic()
 
@@ -134,7 +139,8 @@ def test_workers_die_with_the_study_process(tmp_path):
     if not sys.platform.startswith("linux"):
         pytest.skip("parent-death signal is Linux-only")
     cmd = [sys.executable, "-m", "diffusion_objectives", "compare", "--grid", "edm,elbo", "--seeds", "0",
-           "--steps", "100000", "--jobs", "2", "--out", str(tmp_path)] + [a for o in TINY for a in ("--set", o)]
+           "--steps", "100000", "--jobs", "2", "--out", str(tmp_path)]
+    cmd += [a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 120
@@ -185,3 +191,67 @@ def test_ema_sweep_evaluates_reconstructed_widths_without_retraining(tmp_path):
     wider = S.run_study(S.replace_fields(study, ema_sweep=[0.05, 0.08, 0.15]), tmp_path, say=lambda msg: None)
     assert {s["sigma_rel"] for s in wider["ema_sweep"]} == {0.05, 0.08, 0.15}
     assert {q: q.stat().st_mtime_ns for q in tmp_path.glob("runs/*/*/checkpoints/latest")} == ckpts
+
+
+# The study presets' training-config overrides as the KEY=VALUE items they were written as before the overrides
+# became typed tables (issue 11): the typed tables must hold exactly these values.
+_OLD_TOY = ["data.name=anisotropic", "network.params.hidden=128", "network.params.depth=3", "optim.lr=2e-3",
+            "optim.warmup_images=50000", "ema.half_life_images=100000", "run.checkpoint_every=0", "run.sample_every=0",
+            "run.log_every=50", "run.precision=fp32"]
+_OLD_OVERRIDES = {
+    "default": _OLD_TOY, "adaptive": [*_OLD_TOY, "loss.log_bins=30"],
+    "digits": ["run.checkpoint_every=250", "run.sample_every=0"],
+    "adaptive-digits": ["run.checkpoint_every=250", "run.sample_every=0", "run.precision=fp32", "loss.log_bins=30"],
+    "fashion-mnist": ["optim.lr=1e-3", "optim.warmup_images=20000", "run.precision=auto", "run.checkpoint_every=250",
+                      "run.sample_every=0"],
+    "imagenet64": [],
+}
+
+
+@pytest.mark.parametrize("name", sorted(S.STUDY_PRESETS))
+def test_study_presets_hold_typed_overrides_equal_to_their_old_text(name):
+    study = S.study_preset(name)
+    old = tconfig.parse_overrides(_OLD_OVERRIDES[name])
+    assert list(study.overrides.items()) == list(old.items())
+    assert all(type(study.overrides[k]) is type(v) for k, v in old.items())
+    # an older study file's list of KEY=VALUE items reads as the same study
+    assert S.replace_fields(study, overrides=list(_OLD_OVERRIDES[name])) == study
+    entry = S.parse_entry(study.grid[-1])
+    assert S.run_config(study, entry, 0) == tconfig.resolve(
+        study.preset, objective=entry.objective, steps=study.steps, batch_size=study.batch_size, seed=0,
+        overrides=[*_OLD_OVERRIDES[name], *(f"loss.weighting.{k}={v!r}" for k, v in entry.weighting_params),
+                   *(["loss.adaptive.enabled=true"] if entry.adaptive else []),
+                   *(["loss.uncertainty.enabled=true"] if entry.uncertainty else [])])
+
+
+@pytest.mark.parametrize("name", sorted(S.STUDY_PRESETS))
+def test_study_file_round_trip(name, tmp_path):
+    """``OUT/study.json`` (what the launchers' per-run commands read) and a ``--dry-run`` YAML load back as the
+    same study; typed overrides keep their types (a JSON ``1e-08`` is a number, not a string)."""
+    study = S.study_preset(name)
+    study.overrides["optim.eps"] = 1e-8
+    (tmp_path / "study.json").write_text(json.dumps(dataclasses.asdict(study)))
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(dataclasses.asdict(study)))
+    for path in ("study.json", "study.yaml"):
+        again = compare_cli._load_config(str(tmp_path / path), S.study_preset("default"))
+        assert again == study and again.overrides["optim.eps"] == 1e-8
+
+
+def test_old_study_file_with_listed_overrides_loads():
+    """docs/results/fashion-mnist/study.yaml lists its overrides as KEY=VALUE items (with the deprecated
+    run.bf16): it still loads, and its runs resolve."""
+    path = Path(__file__).parents[1] / "docs" / "results" / "fashion-mnist" / "study.yaml"
+    study = compare_cli._load_config(str(path), S.study_preset("default"))
+    assert study.overrides == {"run.bf16": True, "run.checkpoint_every": 200, "run.sample_every": 0,
+                               "run.log_every": 20}
+    with pytest.warns(FutureWarning, match="run.bf16"):
+        cfg = S.run_config(study, S.parse_entry("edm"), 0)
+    assert cfg.run.precision == "bf16" and cfg.run.checkpoint_every == 200 and cfg.run.steps == 500
+
+
+@pytest.mark.parametrize("changes, key", [({"steps": "many"}, "steps"), ({"seeds": [0, "one"]}, "seeds[1]"),
+                                          ({"overrides": ["seed"]}, "overrides"),
+                                          ({"evaluation": {"n": 1.5}}, "evaluation.n")])
+def test_study_fields_of_the_wrong_type_name_the_key(changes, key):
+    with pytest.raises(OptionError, match=re.escape(f"study key {key!r}")):
+        S.replace_fields(S.study_preset("default"), **changes)

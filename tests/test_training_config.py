@@ -1,17 +1,24 @@
 """Training configuration: presets, YAML round trips, overrides, type errors, objective construction,
 and the learning-rate / EMA schedules re-derived from their definitions."""
 
+import dataclasses
 import math
+import re
+import typing
 
 import pytest
 import torch
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from diffusion_objectives import objectives, schedules, weightings
+from diffusion_objectives import networks, objectives, schedules, weightings
 from diffusion_objectives.adaptive import AdaptiveSchedule
 from diffusion_objectives.errors import OptionError
 from diffusion_objectives.training import build, config
 from diffusion_objectives.training.config import TrainConfig
 from diffusion_objectives.training.loop import ema_beta, learning_rate
+from diffusion_objectives.training.precision import PRECISIONS
 
 
 @pytest.mark.parametrize("name", config.preset_names())
@@ -232,3 +239,134 @@ def test_keys_a_saved_config_lacks_read_as_their_defaults_in_diff():
         config.resolve("toy2d", overrides=["ema.posthoc_sigma_rels=[0.05,0.05]"])
     with pytest.raises(OptionError, match="must be list"):
         config.resolve("toy2d", overrides=["ema.posthoc_sigma_rels=0.05"])
+
+
+# ---- the schema: Literal choices, text ⇄ typed round trips, legacy saved configs ---------------------------------
+
+def _literal_keys(cls=TrainConfig, prefix=""):
+    """``{dotted key: choices}`` of every ``Literal`` field of the schema, found by walking it."""
+    out = {}
+    for name, info in cls.__pydantic_fields__.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if typing.get_origin(info.annotation) is typing.Literal:
+            out[key] = typing.get_args(info.annotation)
+        elif dataclasses.is_dataclass(info.annotation):
+            out.update(_literal_keys(info.annotation, key))
+    return out
+
+
+def test_literal_fields_are_the_documented_choices():
+    assert _literal_keys() == {"run.precision": PRECISIONS, "run.nonfinite": ("stop", "skip")}
+
+
+@pytest.mark.parametrize("key, choices", sorted(_literal_keys().items()))
+def test_every_literal_choice_is_accepted_and_anything_else_rejected_naming_the_key(key, choices):
+    section, name = key.rsplit(".", 1)
+    for choice in choices:
+        assert getattr(getattr(config.resolve(overrides={key: choice}), section), name) == choice
+    for bad in ("nope", choices[0].upper(), 1, True, None, ""):
+        with pytest.raises(OptionError, match=re.escape(repr(key)) + ".*" + re.escape(repr(choices[-1]))):
+            config.resolve(overrides={key: bad})
+
+
+def _text(value):
+    """A typed value as a user would type it after ``KEY=``."""
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    if isinstance(value, list):
+        return "[" + ", ".join(_text(v) for v in value) + "]"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+_FLOATS = st.floats(min_value=1e-12, max_value=1e12, allow_nan=False, allow_infinity=False)
+_UNIT = st.floats(min_value=0.0, max_value=0.999999, allow_nan=False)
+_OVERRIDES = st.fixed_dictionaries({}, optional={
+    "seed": st.integers(0, 2**31), "run.steps": st.integers(0, 10**7), "run.batch_size": st.sampled_from([8, 64, 2048]),
+    "run.precision": st.sampled_from(PRECISIONS), "run.nonfinite": st.sampled_from(["stop", "skip"]),
+    "run.device": st.sampled_from(["auto", "cpu", "cuda", "cuda:1"]), "run.tensorboard": st.booleans(),
+    "optim.lr": _FLOATS, "optim.eps": _FLOATS, "optim.betas": st.lists(_UNIT, min_size=2, max_size=2),
+    "optim.grad_clip": st.none() | _FLOATS, "optim.decay_images": st.none() | st.integers(1, 10**9),
+    "ema.half_life_images": _FLOATS, "ema.rampup_ratio": st.none() | _FLOATS,
+    "ema.posthoc_sigma_rels": st.lists(st.floats(0.01, 0.25), max_size=3, unique=True),
+    "loss.objective": st.sampled_from(objectives.names()), "loss.adaptive.enabled": st.booleans(),
+    "loss.adaptive.decay": _UNIT, "loss.weighting.bias": st.floats(-8, 8), "network.label_dropout": _UNIT,
+    "network.hidden": st.integers(1, 512), "data.name": st.sampled_from(["ring", "digits"]),
+})
+
+
+@settings(max_examples=60, deadline=None)
+@given(_OVERRIDES)
+def test_config_round_trips_through_yaml_and_key_value_text(overrides):
+    cfg = config.apply_overrides(TrainConfig(), overrides)
+    flat = config._flatten(config.to_dict(cfg))
+    shorthand = {"loss.weighting.bias": "loss.weighting.params.bias", "network.hidden": "network.params.hidden"}
+    for key, value in overrides.items():  # typed values land unchanged (ints widened to floats where declared)
+        assert flat[shorthand.get(key, key)] == value
+    assert config.from_dict(TrainConfig, yaml.load(config.dump_yaml(cfg), Loader=config._Loader)) == cfg
+    items = [f"{k}={_text(v)}" for k, v in flat.items()]
+    again = config.apply_overrides(TrainConfig(), config.parse_overrides(items))
+    assert again == cfg and config.diff(cfg, again) == {}
+
+
+def test_key_value_text_is_read_as_typed_values():
+    assert config.parse_overrides(["optim.lr=2e-3", "run.steps=1e3", "run.precision=fp32", "x.y=null",
+                                   "optim.betas=[0.9, 0.99]", "data.path=a=b", " k =true"]) == {
+        "optim.lr": 0.002, "run.steps": 1000.0, "run.precision": "fp32", "x.y": None, "optim.betas": [0.9, 0.99],
+        "data.path": "a=b", "k": True}
+    # a key given twice keeps its last value, in the place of its last occurrence
+    assert list(config.parse_overrides(["a=1", "b=2", "a=3"]).items()) == [("b", 2), ("a", 3)]
+    with pytest.raises(OptionError, match="expected KEY=VALUE, got '=3'"):
+        config.parse_overrides(["=3"])
+
+
+def test_typed_and_text_overrides_agree():
+    text = config.resolve("digits", overrides=["optim.lr=2e-3", "loss.weighting.bias=-2", "run.steps=1e3"])
+    typed = config.resolve("digits", overrides={"optim.lr": 2e-3, "loss.weighting.bias": -2, "run.steps": 1000})
+    assert typed == text and typed.optim.lr == 0.002 and typed.run.steps == 1000
+
+
+def test_saved_config_with_legacy_debug_section_and_bf16_key_loads_without_change(tmp_path):
+    """Runs saved before the ``debug`` section was removed (it held test fault injection) and before
+    ``run.precision`` existed still load, resume and compare equal to the config they were trained with."""
+    cfg = config.resolve("toy2d", overrides={"run.precision": "bf16"})
+    saved = config.to_dict(cfg)
+    saved["debug"] = {"nonfinite_step": None, "nonfinite_rank": None}
+    del saved["run"]["precision"]
+    saved["run"]["bf16"] = True
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(saved, sort_keys=False))
+    with pytest.warns(FutureWarning, match="run.bf16"):
+        assert config.from_dict(TrainConfig, config.load_yaml(path)) == cfg
+    with pytest.warns(FutureWarning, match="run.bf16"):
+        assert config.diff(config.load_yaml(path), cfg) == {}
+    with pytest.warns(FutureWarning, match="run.bf16"):
+        assert config.resolve(config_file=path) == cfg
+    with pytest.raises(OptionError, match="unknown config key 'debug'"):  # no longer a key to set
+        config.resolve(overrides={"debug.nonfinite_step": 3})
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"seed": -1}, "seed"), ({"run.keep_checkpoints": 0}, "run.keep_checkpoints"),
+    ({"run.sample_steps": 0}, "run.sample_steps"), ({"optim.eps": 0.0}, "optim.eps"),
+    ({"optim.lr": float("inf")}, "optim.lr"), ({"optim.decay_images": 0}, "optim.decay_images"),
+    ({"optim.grad_clip": 0.0}, "optim.grad_clip"), ({"ema.rampup_ratio": 0.0}, "ema.rampup_ratio"),
+    ({"loss.adaptive.floor": 0.0}, "loss.adaptive.floor"), ({"loss.uncertainty.bandwidth": float("nan")},
+                                                            "loss.uncertainty.bandwidth"),
+    ({"ema.posthoc_sigma_rels": [0.5]}, "ema.posthoc_sigma_rels"), ({"network.label_dropout": 1.0},
+                                                                    "network.label_dropout"),
+    ({"data.name": ""}, "data.name"), ({"run.tensorboard": 1}, "run.tensorboard"),
+    ({"loss.objective": 3}, "loss.objective"), ({"data.params": {1: 2}}, "data.params"),
+])
+def test_typed_values_out_of_range_or_of_the_wrong_type_name_the_key(overrides, key):
+    with pytest.raises(OptionError, match=re.escape(repr(key)[:-1])):
+        config.resolve(overrides=overrides)
+
+
+def test_presets_are_the_defaults_plus_their_table():
+    for name, (_, network, overrides) in config.PRESETS.items():
+        cfg = config.preset(name)
+        assert cfg.network.name == networks.preset(network)[0]
+        assert config.apply_overrides(cfg, overrides) == cfg  # the table is what the preset holds
+        changed = config.diff(TrainConfig(), cfg)
+        assert all(any(k == o or k.startswith(o + ".") or k.startswith("network") for o in overrides)
+                   for k in changed), (name, changed)

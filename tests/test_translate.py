@@ -359,9 +359,9 @@ def test_from_edm_matches_transcription(kind):
 
 def test_from_edm_is_the_edm_preset():
     grid = torch.linspace(-15, 15, 61, dtype=torch.float64)
-    assert torch.allclose(objectives.from_edm().weighting(grid), weightings.EDM()(grid), rtol=1e-12)
+    assert torch.allclose(objectives.from_edm().weighting(grid), weightings.EDMWeighting()(grid), rtol=1e-12)
     assert torch.allclose(objectives.from_edm("edm2").weighting(grid),
-                          weightings.EDM(p_mean=-0.4, p_std=1.0)(grid), rtol=1e-12)
+                          weightings.EDMWeighting(p_mean=-0.4, p_std=1.0)(grid), rtol=1e-12)
 
 
 @pytest.mark.parametrize("call,message", [

@@ -270,7 +270,8 @@ def _diffusers(scheduler, prediction_type: str | None = None, labels_as: str | N
 def _diffusers_flow(num_train_timesteps: float = 1000.0, labels_as: str | None = None):
     if not num_train_timesteps > 0:
         raise ValueError(f"num_train_timesteps must be positive, got {num_train_timesteps}")
-    return lambda module: DiffusersFlow(module, parameterizations.Flow(), num_train_timesteps, labels_as=labels_as)
+    return lambda module: DiffusersFlow(module, parameterizations.FlowVelocity(), num_train_timesteps,
+                                        labels_as=labels_as)
 
 
 @REGISTRY.register("denoiser-sigma", "D(x̃, σ) → x̂ in EDM's VE space (k-diffusion Denoiser, EDM Precond)")
@@ -281,13 +282,13 @@ def _denoiser_sigma(labels_as: str | None = None, skip_connection: bool | None =
 
 @REGISTRY.register("edm-raw", "raw F inside EDM's preconditioning: F(c_in x̃, ¼ ln σ), with sigma_data")
 def _edm_raw(sigma_data: float = 0.5, labels_as: str | None = None):
-    return lambda module: EDMRaw(module, parameterizations.EDM(sigma_data), labels_as=labels_as,
+    return lambda module: EDMRaw(module, parameterizations.EDMPrecond(sigma_data), labels_as=labels_as,
                                  skip_connection=True)
 
 
 @REGISTRY.register("flow-matching", "facebookresearch/flow_matching: v(x_t, t), t = 1 data, velocity x − ε")
 def _flow_matching(labels_as: str | None = None):
-    return lambda module: FlowMatching(module, parameterizations.Flow(), labels_as=labels_as)
+    return lambda module: FlowMatching(module, parameterizations.FlowVelocity(), labels_as=labels_as)
 
 
 def wrap(module: nn.Module, convention: str, *, objective=None, **params) -> Adapter:

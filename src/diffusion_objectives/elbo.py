@@ -36,7 +36,7 @@ from torch.nn.functional import softplus
 from .adaptive import AdaptiveSchedule
 from .parameterizations import Parameterization
 from .process import add_noise
-from .schedules import LOGSNR_MAX, LOGSNR_MIN, LinearLogSNR, Schedule, ScheduleLike
+from .schedules import LOGSNR_MAX, LOGSNR_MIN, LinearLogSNR, Schedule, ScheduleLike, antithetic_grid
 
 __all__ = [
     "ElboResult",
@@ -171,15 +171,7 @@ def elbo(model: Callable[..., Tensor], parameterization: Parameterization, x: Te
     n, dims = x.shape[0], x[0].numel()
     dtype, device = _reduce_dtype(x), x.device
 
-    # λ for every (sample, example): [S, B], float64, on the proposal's antithetic grid.
-    if stratified:
-        m = samples // replicates
-        u = torch.rand(replicates, 1, n, generator=generator, dtype=torch.float64, device=device)
-        j = torch.arange(m, dtype=torch.float64, device=device)[None, :, None]
-        t = torch.remainder(u + j / m, 1.0).reshape(samples, n)
-    else:
-        t = torch.rand(samples, n, generator=generator, dtype=torch.float64, device=device)
-    lam = proposal.logsnr(t).to(x.dtype)
+    lam = proposal.logsnr(_times(samples, replicates if stratified else None, n, generator, device)).to(x.dtype)
 
     # L_diff: one row per (sample, example), evaluated ``batch_size`` rows at a time.
     f = torch.empty(samples * n, dtype=dtype, device=device)
@@ -208,21 +200,39 @@ def elbo(model: Callable[..., Tensor], parameterization: Parameterization, x: Te
 
     prior = prior_kl(x, lo)
     zero = torch.zeros(n, dtype=dtype, device=device)
-    if levels is None:
-        recon = torch.full((n,), 0.5 * dims * (math.log(2 * math.pi) - hi + 1.0), dtype=dtype, device=device)
-        recon_se = zero
-    else:
-        draws = torch.stack([
-            reconstruction_nll(x, torch.randn(x.shape, generator=generator, dtype=x.dtype, device=device),
-                               hi, levels).to(dtype)
-            for _ in range(reconstruction_samples)])
-        recon = draws.mean(0)
-        recon_se = draws.std(0) / math.sqrt(reconstruction_samples) if reconstruction_samples > 1 else zero
+    recon, recon_se = _reconstruction(x, hi, levels, reconstruction_samples, generator, dtype)
     total = prior + recon + diffusion
     total_se = torch.sqrt(recon_se.square() + diffusion_se.square())
     return ElboResult(prior=prior, reconstruction=recon, diffusion=diffusion, total=total, prior_se=zero,
                       reconstruction_se=recon_se, diffusion_se=diffusion_se, total_se=total_se,
                       diffusion_bins=per_bin, bin_edges=edges, dims=dims, levels=levels, nfe=samples)
+
+
+def _times(samples: int, replicates: int | None, n: int, generator: torch.Generator | None,
+           device: torch.device) -> Tensor:
+    """t for every (sample, example), float64 ``[samples, n]``: i.i.d. U(0, 1) when ``replicates`` is None,
+    else ``replicates`` independent antithetic grids of samples/replicates points per example, replicate-major."""
+    if replicates is None:
+        return torch.rand(samples, n, generator=generator, dtype=torch.float64, device=device)
+    grid = antithetic_grid(samples // replicates, (replicates, n), generator, device)  # [M, R, B]
+    return grid.transpose(0, 1).reshape(samples, n)
+
+
+def _reconstruction(x: Tensor, logsnr_max: float, levels: int | None, draws: int,
+                    generator: torch.Generator | None, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """L_recon per example and its standard error, ``[B]`` each: exact for continuous data (the Gaussian
+    decoder N(x; z/α, σ²/α²) at λ_max: E_z[−log N] = ½ D (log 2π − λ_max + 1)), else a ``draws``-draw
+    average of :func:`reconstruction_nll`."""
+    n, dims = x.shape[0], x[0].numel()
+    zero = torch.zeros(n, dtype=dtype, device=x.device)
+    if levels is None:
+        return torch.full((n,), 0.5 * dims * (math.log(2 * math.pi) - logsnr_max + 1.0), dtype=dtype,
+                          device=x.device), zero
+    samples = torch.stack([
+        reconstruction_nll(x, torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device),
+                           logsnr_max, levels).to(dtype)
+        for _ in range(draws)])
+    return samples.mean(0), samples.std(0) / math.sqrt(draws) if draws > 1 else zero
 
 
 def proposal_from(result: ElboResult, floor: float = 0.05) -> AdaptiveSchedule:

@@ -3,7 +3,8 @@
 One protocol, used by ``diffobj sample/elbo/evaluate`` and by the study (``diffobj compare``), so every
 number is produced the same way and carries its provenance (checkpoint, step, sampler, seeds, extractor).
 
-Metrics (``METRICS``):
+Metrics (the registry ``METRICS`` of :class:`Metric` objects; each has ``compute`` and named scalar
+:class:`Output` s, which the study report reads by name):
 
 - ``fd``, ``kid`` (images): Fréchet distance / KID of samples vs the training split, on the features of the
   dataset's classifier (digits, Fashion-MNIST) or Inception.
@@ -13,6 +14,8 @@ Metrics (``METRICS``):
 - ``bpd``: −ELBO on the evaluation split, in bits/dim for discrete data (K levels), nats for continuous data.
 - ``loss-std``: relative standard deviation (std/mean) of the per-example training loss of the model's own
   objective on the evaluation split: the noise of the loss estimator, which the schedule controls (KG23 §5).
+
+Errors name this module's parameters (``steps``, ``samples``, ``split``); the command line names its flags.
 """
 
 from __future__ import annotations
@@ -20,77 +23,31 @@ from __future__ import annotations
 import datetime as _dt
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from . import samplers, schedules
+from . import data, samplers
+from . import metrics as M
 from .elbo import elbo as _elbo
 from .errors import OptionError
+from .metrics import Extractor
 from .registry import Registry
 
-if TYPE_CHECKING:
-    from .metrics import Extractor
-
 __all__ = ["SampleSettings", "GRIDS", "sampling_grid", "generate", "elbo_summary", "elbo_examples", "evaluate",
-           "METRICS", "parse_seeds", "seed_ranges", "SEED_MAX", "default_extractor", "dataset_split",
+           "check_elbo_samples", "Metric", "Output", "Evaluation", "METRICS", "default_extractor", "dataset_split",
            "extract_features", "Bar", "sample_shape", "is_image"]
-
-METRICS = ("fd", "kid", "coverage", "toy", "bpd", "loss-std")
 
 # A progress-bar factory: ``bar(description, total)`` returns an object with ``update(k)`` and ``close()``
 # (e.g. ``functools.partial(tqdm, file=sys.stderr)`` called as ``tqdm(desc=..., total=...)``).
 Bar = Callable[[str, int], Any]
 
-GRIDS: Registry[Callable[[int], Tensor]] = Registry("sampling grid")
-GRIDS.add("edm", lambda: samplers.grid_edm, "EDM22's ρ = 7 grid, σ from 80 to 0.002")
-GRIDS.add("cosine", lambda: (lambda steps: samplers.grid_uniform_t(schedules.get("cosine", logsnr_min=-15,
-                                                                                  logsnr_max=15), steps)),
-          "uniform in t of the cosine schedule on [−15, 15]")
-GRIDS.add("uniform-logsnr", lambda: (lambda steps: samplers.grid_uniform_logsnr(steps, -15.0, 15.0)),
-          "uniform in λ on [−15, 15]")
-
-
-def sampling_grid(name: str, steps: int) -> Tensor:
-    """The increasing λ-grid ``name`` (``edm``, ``cosine``, ``uniform-logsnr``) with ``steps`` points."""
-    grid = GRIDS.get(name)
-    try:
-        return grid(steps)
-    except ValueError as exc:  # e.g. fewer than 2 points
-        raise OptionError(f"--steps {steps}: {exc}") from None
-
-
-SEED_MAX = 2**63 - 1  # seeds are int64 in samples.npz and torch.Generator.manual_seed
-
-
-def seed_ranges(text: str) -> list[range]:
-    """EDM's seed syntax as ranges, without building the list: ``"1,5,9-11"`` → ``[range(1, 2), range(5, 6),
-    range(9, 12)]``. Each seed must lie in 0 … :data:`SEED_MAX` (errors name ``--seeds``)."""
-    ranges: list[range] = []
-    for part in filter(None, str(text).split(",")):
-        lo, sep, hi = part.strip().partition("-")
-        try:
-            a = int(lo)
-            b = int(hi) if sep else a
-        except ValueError:
-            raise OptionError(f"--seeds: expected ranges like 0-63 or 1,5,9-11, got {text!r}") from None
-        if b < a or a < 0:
-            raise OptionError(f"--seeds: bad range {part!r} in {text!r}")
-        if b > SEED_MAX:
-            raise OptionError(f"--seeds: seed {b} in {text!r} is too large; seeds lie in 0 … {SEED_MAX} (2^63 − 1)")
-        ranges.append(range(a, b + 1))
-    if not ranges:
-        raise OptionError(f"--seeds: no seeds in {text!r}")
-    return ranges
-
-
-def parse_seeds(text: str) -> list[int]:
-    """EDM's seed syntax: ``"0-63"``, ``"1,5,9-11"`` → list of ints (errors name ``--seeds``); see
-    :func:`seed_ranges`, which counts a request without building it."""
-    return [s for r in seed_ranges(text) for s in r]
+GRIDS = samplers.GRIDS  # the named λ-grids (a registry)
+sampling_grid = samplers.grid  # sampling_grid(name, steps): the increasing λ-grid ``name`` with ``steps`` points
 
 
 @dataclass(frozen=True)
@@ -134,13 +91,13 @@ def generate(loaded, seeds: Sequence[int], settings: SampleSettings = SampleSett
     (balanced classes). ``guide``, another loaded model, is the guiding model of autoguidance (used with
     ``settings.guidance``, :mod:`~diffusion_objectives.samplers`). Returns (samples ``[n, ...]`` float32,
     clamped to [−1, 1] for image data, and the labels ``[n]`` or ``None``)."""
-    sample_fn = samplers.get(settings.sampler)
+    sampler = samplers.REGISTRY.get(settings.sampler)
     grid = sampling_grid(settings.resolved_grid(), settings.steps)
     data_shape = sample_shape(loaded)
     conditional = _conditional(loaded)
     num_classes = int(loaded.model.null_label) if conditional else 0
     if settings.guidance and not conditional and guide is None:
-        raise OptionError("--guidance needs a class-conditional model (or --autoguidance)")
+        raise OptionError("guidance needs a class-conditional model (or a guide: autoguidance)")
     guiding = _guide(loaded, guide, data_shape, conditional)
     device = next(loaded.model.parameters()).device
     out, out_labels = [], []
@@ -150,16 +107,10 @@ def generate(loaded, seeds: Sequence[int], settings: SampleSettings = SampleSett
         gens = samplers.seeded_generators(chunk)
         noise = samplers.seeded_noise(gens, data_shape).to(device)
         labels = torch.tensor([s % num_classes for s in chunk], device=device) if conditional else None
-        kwargs: dict[str, Any] = {"labels": labels}
-        if conditional:
-            kwargs.update(guidance=settings.guidance, null_label=num_classes)
-        if guiding is not None:
-            kwargs.update(guidance=settings.guidance, guide=guiding)
-        kwargs["guidance_interval"] = settings.guidance_interval
-        if settings.sampler in samplers.STOCHASTIC:
-            kwargs["generators"] = gens
-        x = sample_fn(loaded.model, loaded.objective.parameterization, noise, grid, **kwargs)
-        out.append(x.float().cpu())
+        denoiser = samplers.Denoiser(loaded.model, loaded.objective.parameterization, labels=labels,
+                                     guidance=settings.guidance, null_label=num_classes if conditional else None,
+                                     guide=guiding, guidance_interval=settings.guidance_interval)
+        out.append(sampler(denoiser, noise, grid, generators=gens).float().cpu())
         if labels is not None:
             out_labels.append(labels.cpu())
         if progress is not None:
@@ -182,34 +133,32 @@ def _guide(loaded, guide, data_shape: tuple[int, ...], conditional: bool) -> sam
     return samplers.Guide(guide.model, guide.objective.parameterization)
 
 
+def _probe(loaded) -> data.Dataset:
+    """``loaded``'s dataset rebuilt cheaply (:func:`~diffusion_objectives.data.probe_params`): for its shape or
+    its closed-form density."""
+    return loaded.dataset(**data.probe_params(loaded.config.data.name))
+
+
 def sample_shape(loaded) -> tuple[int, ...]:
     """The shape of one sample of ``loaded``'s data: ``(C, H, W)`` for images, ``(D,)`` for vectors."""
-    ds = loaded.dataset(**_small(loaded))
-    return tuple(ds.shape)
-
-
-def _small(loaded) -> dict[str, Any]:
-    """Dataset overrides that keep a shape-only rebuild cheap."""
-    return {"n": 16} if loaded.config.data.name in ("ring", "grid", "anisotropic") else {}
+    return tuple(_probe(loaded).shape)
 
 
 def is_image(loaded) -> bool:
-    """Whether ``loaded`` was trained on images (not on 2-D toy data)."""
-    return loaded.config.data.name not in ("ring", "grid", "anisotropic")
+    """Whether ``loaded`` was trained on images (not on 2-D toy data): the dataset registry knows."""
+    return data.is_image(loaded.config.data.name)
 
 
 def dataset_split(loaded, split: str):
     """The dataset of ``loaded`` with ``split`` (``train``/``test``). Datasets without splits (``folder``,
     ``npz``, ``edm-zip``) have only their training data: ``split="train"`` gives it, other splits are an
     :class:`OptionError`."""
-    from . import data
-
     name = loaded.config.data.name
     if "split" in data.REGISTRY.parameters(name):
         return loaded.dataset(split=split)
     if split == "train":
         return loaded.dataset()
-    raise OptionError(f"dataset {name!r} has no {split!r} split (it has no splits); use --split train")
+    raise OptionError(f"dataset {name!r} has no {split!r} split (it has no splits); use split 'train'")
 
 
 def elbo_examples(loaded, split: str = "test", n: int = 256) -> tuple[Tensor, Tensor | None, int | None]:
@@ -217,7 +166,7 @@ def elbo_examples(loaded, split: str = "test", n: int = 256) -> tuple[Tensor, Te
     permutation (seed 0), so ``evaluate``'s ``bpd`` and ``diffobj elbo`` use the same ones. Returns
     (x ``[n, ...]``, labels ``[n]`` or None, levels K or None)."""
     if n < 1:
-        raise OptionError(f"--n must be a positive number of examples, got {n}")
+        raise OptionError(f"n must be a positive number of examples, got {n}")
     held_out = dataset_split(loaded, split)
     idx = torch.randperm(len(held_out), generator=torch.Generator().manual_seed(0))[: min(n, len(held_out))]
     labels = held_out.labels[idx] if held_out.labels is not None else None
@@ -245,6 +194,14 @@ def default_extractor(dataset_name: str) -> str:
                                                                                              "inception")
 
 
+def check_elbo_samples(samples: int) -> int:
+    """``samples`` λ-draws per example for :func:`elbo_summary`: a positive multiple of 8 (8 antithetic
+    replicates), else :class:`OptionError` naming ``samples``."""
+    if samples < 8 or samples % 8:
+        raise OptionError(f"samples (λ-draws per example) must be a positive multiple of 8, got {samples}")
+    return samples
+
+
 def elbo_summary(loaded, x: Tensor, levels: int | None, *, samples: int = 32, seed: int = 0,
                  labels: Tensor | None = None, batch_size: int = 4096, bar: Bar | None = None
                  ) -> tuple[dict[str, Any], Any]:
@@ -256,8 +213,7 @@ def elbo_summary(loaded, x: Tensor, levels: int | None, *, samples: int = 32, se
     spread of the per-example estimates over √n (it already contains their Monte-Carlo noise);
     ``mc_se`` is the Monte-Carlo part alone, √(Σ se_i²)/n (the error for exactly these examples).
     ``bar`` counts the network evaluations (it does not change the numbers)."""
-    if samples < 8 or samples % 8:
-        raise OptionError(f"--samples (λ-draws per example) must be a positive multiple of 8, got {samples}")
+    check_elbo_samples(samples)
     labels = labels if _conditional(loaded) else None
     device = next(loaded.model.parameters()).device
     x = x.to(device)
@@ -316,13 +272,212 @@ def _loss_std(loaded, x: Tensor, labels: Tensor | None, seed: int) -> dict[str, 
             "n_examples": int(vals.numel()), "seed": seed}
 
 
+# ---- the metrics: registry objects with compute() and named scalar outputs --------------------------------
+
+@dataclass(frozen=True)
+class Output:
+    """A named scalar of a metric: ``name`` (the report's column), ``key`` (its field in the metric's record),
+    ``heading`` (the report's column title) and ``direction`` (−1 lower is better, +1 higher, 0 neither)."""
+
+    name: str
+    key: str
+    heading: str
+    direction: int = 0
+
+
+@dataclass(frozen=True)
+class Metric:
+    """An evaluation metric: ``compute(evaluation)`` → its JSON-able record (written under its ``name`` in
+    ``result["metrics"]``), whose named scalars are ``outputs`` (:meth:`scalars`).
+
+    ``data``: ``"image"`` or ``"toy"`` when it applies to one kind of data only; ``samples``: it needs model
+    samples; ``extractor``: it needs an extractor (``classifier``: a classifier one); ``reference``: it compares
+    with reference statistics; ``reference_features``: with the reference's features themselves."""
+
+    name: str
+    fn: Callable[[Evaluation], dict[str, Any]]
+    outputs: tuple[Output, ...]
+    data: str | None = None
+    samples: bool = False
+    extractor: bool = False
+    classifier: bool = False
+    reference: bool = False
+    reference_features: bool = False
+
+    def compute(self, evaluation: Evaluation) -> dict[str, Any]:
+        return self.fn(evaluation)
+
+    def scalars(self, record: dict[str, Any]) -> dict[str, float]:
+        """The named outputs of one record of this metric (a freshly computed one or one read from JSON);
+        outputs that are missing or None in it are left out."""
+        return {o.name: float(record[o.key]) for o in self.outputs if record.get(o.key) is not None}
+
+
+@dataclass
+class Evaluation:
+    """One :func:`evaluate` call as its metrics see it: the model, the samples and their seeds, and, each
+    computed once when a metric first asks, the features, the reference and the held-out examples."""
+
+    loaded: Any
+    seeds: list[int]
+    samples: Tensor | None = None
+    sample_labels: Tensor | None = None
+    extractor: Extractor | None = None
+    given_reference: M.Reference | None = None
+    split: str = "test"
+    n_elbo: int = 256
+    elbo_samples: int = 32
+    say: Callable[[str], None] = field(default=lambda msg: None)
+    bar: Bar | None = None
+
+    @cached_property
+    def train(self) -> data.Dataset:
+        return dataset_split(self.loaded, "train")
+
+    @cached_property
+    def features(self) -> np.ndarray:
+        self.say(f"features ({self.extractor.name})")
+        return extract_features(self.extractor, self.samples, self.bar)
+
+    @cached_property
+    def reference_features(self) -> np.ndarray:
+        return extract_features(self.extractor, self.train.data, self.bar)
+
+    @cached_property
+    def reference(self) -> M.Reference:
+        """The given reference statistics, or those of the training split's features."""
+        if self.given_reference is not None:
+            return self.given_reference
+        ext, feats = self.extractor, self.reference_features
+        mu, sigma = M.feature_statistics(feats)
+        return M.Reference(mu=mu, sigma=sigma, path=f"<{self.loaded.config.data.name} train split>", checksum="",
+                           meta={"extractor": ext.name, "extractor_checksum": ext.checksum,
+                                 "n_samples": str(feats.shape[0])})
+
+    @cached_property
+    def examples(self) -> tuple[Tensor, Tensor | None, int | None]:
+        return elbo_examples(self.loaded, self.split, self.n_elbo)
+
+
+def _fd(ev: Evaluation) -> dict[str, Any]:
+    feats = ev.features
+    return M.fd_of_features(feats, ev.extractor, ev.reference, seeds=ev.seeds[: feats.shape[0]]).as_dict()
+
+
+def _kid(ev: Evaluation) -> dict[str, Any]:
+    feats, ref_feats, ext = ev.features, ev.reference_features, ev.extractor
+    k = M.kid(feats, ref_feats, subset_size=min(1000, feats.shape[0], ref_feats.shape[0]))
+    return {"mean": k.mean, "std": k.std, "extractor": ext.name, "extractor_checksum": ext.checksum,
+            "n_samples": int(feats.shape[0])}
+
+
+def _toy(ev: Evaluation) -> dict[str, Any]:
+    return M.toy_metrics(ev.samples, _probe(ev.loaded).mixture, seed=10_000 + ev.seeds[0]).as_dict()
+
+
+def _bpd(ev: Evaluation) -> dict[str, Any]:
+    x, labels, levels = ev.examples
+    ev.say(f"ELBO on {x.shape[0]} {ev.split} examples")
+    summary, _ = elbo_summary(ev.loaded, x, levels, samples=ev.elbo_samples, labels=labels, bar=ev.bar)
+    return {**summary, "split": ev.split}
+
+
+def _loss_spread(ev: Evaluation) -> dict[str, Any]:
+    x, labels, _ = ev.examples
+    return {**_loss_std(ev.loaded, x, labels, seed=1), "split": ev.split}
+
+
+METRICS: Registry[Metric] = Registry("metric")
+
+
+def _add(metric: Metric, summary: str) -> None:
+    METRICS.add(metric.name, lambda: metric, summary)
+
+
+_add(Metric("fd", _fd, (Output("fd", "value", "FD ↓", -1),), data="image", samples=True, extractor=True,
+            reference=True), "Fréchet distance of the samples' features to the reference's")
+_add(Metric("kid", _kid, (Output("kid", "mean", "KID ↓", -1),), data="image", samples=True, extractor=True,
+            reference=True, reference_features=True), "kernel inception distance to the training features")
+_add(Metric("coverage", lambda ev: M.class_coverage(ev.samples, ev.extractor, labels=ev.sample_labels).as_dict(),
+            (Output("accuracy", "accuracy", "class accuracy ↑", 1),), data="image", samples=True, extractor=True,
+            classifier=True), "classifier accuracy w.r.t. the conditioning labels, missing classes")
+_add(Metric("toy", _toy, (Output("reverse_kl", "reverse_kl", "KL(model‖data) (nats) ↓", -1),
+                          Output("cross_entropy", "cross_entropy", "cross-entropy (nats)", 0),
+                          Output("sliced_wasserstein", "sliced_wasserstein", "SW₂ ↓", -1),
+                          Output("mmd", "mmd", "MMD² ↓", -1)), data="toy", samples=True),
+     "KL(model‖data), cross-entropy, SW₂ and MMD² against the true 2-D density")
+_add(Metric("bpd", _bpd, (Output("bpd", "value", "−ELBO ↓", -1),)), "−ELBO of held-out examples")
+_add(Metric("loss-std", _loss_spread, (Output("loss_rel_std", "relative_std", "loss std/mean", 0),)),
+     "std/mean of the per-example training loss (the loss estimator's noise)")
+
+
+def _chosen(names: Sequence[str], image: bool) -> list[Metric]:
+    """The metrics ``names`` in registry order (the order of ``result["metrics"]``), checked against the data."""
+    asked = [METRICS.get(name) for name in dict.fromkeys(names)]  # unknown names list the known ones
+    kind = "image" if image else "toy"
+    for m in asked:
+        if m.data not in (None, kind):
+            fits = [n for n in METRICS.names() if METRICS.get(n).data in (None, kind)]
+            raise OptionError(f"metric {m.name!r} is for {'image data' if m.data == 'image' else '2-D toy data'}; "
+                              f"for {'images' if image else '2-D toy data'} choose from: {', '.join(fits)}")
+    return sorted(asked, key=lambda m: METRICS.names().index(m.name))
+
+
+def _extractor_and_reference(loaded, chosen: list[Metric], extractor, reference
+                             ) -> tuple[Extractor | None, M.Reference | None]:
+    """The extractor (a registry name or object; default :func:`default_extractor`) and the given reference
+    statistics, checked against the chosen metrics before any sampling."""
+    ext = ref = None
+    if any(m.extractor for m in chosen):
+        ext = extractor if isinstance(extractor, Extractor) else M.get_extractor(
+            extractor or default_extractor(loaded.config.data.name))
+        for m in chosen:
+            if m.classifier and not isinstance(ext, M.ClassifierExtractor):
+                raise OptionError(f"metric {m.name!r} needs a classifier extractor (digits or fashion-mnist)")
+    if reference is not None and any(m.reference for m in chosen):
+        for m in chosen:
+            if m.reference_features:
+                raise OptionError(f"metric {m.name!r} needs reference features, not only statistics: leave the "
+                                  "reference unset (or evaluate fd alone against it)")
+        ref = reference if isinstance(reference, M.Reference) else M.load_reference(reference)
+        M.check_reference(ref, ext)  # same feature dimension and extractor
+    return ext, ref
+
+
+def _draw(loaded, seeds: list[int], settings: SampleSettings, batch_size: int, say: Callable[[str], None],
+          bar: Bar | None) -> tuple[Tensor, Tensor | None]:
+    """:func:`generate` with a progress line and bar."""
+    say(f"sampling {len(seeds)} with {settings.sampler}, {settings.steps} steps")
+    if bar is None:
+        return generate(loaded, seeds, settings, batch_size=batch_size)
+    sample_bar = bar(f"sampling ({settings.sampler}, {settings.steps} steps)", len(seeds))
+    done = [0]
+
+    def hook(k: int, total: int) -> None:
+        sample_bar.update(k - done[0])
+        done[0] = k
+
+    out = generate(loaded, seeds, settings, batch_size=batch_size, progress=hook)
+    sample_bar.close()
+    return out
+
+
+def _provenance(loaded) -> dict[str, Any]:
+    return {"checkpoint": str(loaded.checkpoint_dir), "step": loaded.step, "images_seen": loaded.images_seen,
+            "objective": loaded.config.loss.objective, "dataset": loaded.config.data.name,
+            "ema": loaded.ema, "training_precision": loaded.config.run.precision,
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "torch": torch.__version__, "metrics": {}}
+
+
 def evaluate(loaded, metrics: Sequence[str] = ("fd", "kid", "bpd"), *, n: int = 1000,
              seeds: Sequence[int] | None = None, settings: SampleSettings = SampleSettings(),
              split: str = "test", n_elbo: int = 256, elbo_samples: int = 32, extractor: str | Extractor | None = None,
              reference=None, batch_size: int = 256, samples: Tensor | None = None,
              sample_labels: Tensor | None = None, progress: Callable[[str], None] | None = None,
              bar: Bar | None = None) -> dict[str, Any]:
-    """Evaluate ``loaded`` on ``metrics`` and return a JSON-able dict with the provenance of every number.
+    """Evaluate ``loaded`` on ``metrics`` (names in :data:`METRICS`) and return a JSON-able dict with the
+    provenance of every number; ``result["metrics"][name]`` is metric ``name``'s record.
 
     ``n`` samples with ``seeds`` (default 0 … n−1) are drawn with ``settings`` unless ``samples`` are
     given; ``split`` is the dataset split for bits/dim and the loss spread (``n_elbo`` examples,
@@ -330,100 +485,29 @@ def evaluate(loaded, metrics: Sequence[str] = ("fd", "kid", "bpd"), *, n: int = 
     ``mu``/``sigma``) on ``extractor`` features (a registry name or an extractor object; default
     :func:`default_extractor`). ``progress`` receives one line per stage, ``bar`` (see :data:`Bar`) shows
     the progress of sampling and feature extraction."""
-    from . import metrics as M
-
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown:
-        raise OptionError(f"unknown metric(s) {', '.join(unknown)}; choose from: {', '.join(METRICS)}")
     image = is_image(loaded)
-    for m in metrics:
-        if image and m == "toy":
-            raise OptionError("metric 'toy' is for 2-D toy data; use fd, kid or coverage for images")
-        if not image and m in ("fd", "kid", "coverage"):
-            raise OptionError(f"metric {m!r} is for image data; use 'toy' for 2-D toy data")
-    # everything that can fail on the options is checked before any sampling
-    ext = ref = None
-    if any(m in metrics for m in ("fd", "kid", "coverage")):
-        if isinstance(extractor, M.Extractor):
-            ext = extractor
-        else:
-            ext = M.get_extractor(extractor or default_extractor(loaded.config.data.name))
-        if "coverage" in metrics and not isinstance(ext, M.ClassifierExtractor):
-            raise OptionError("metric 'coverage' needs a classifier extractor (digits or fashion-mnist)")
-    if reference is not None and ("fd" in metrics or "kid" in metrics):
-        if "kid" in metrics:
-            raise OptionError("metric 'kid' needs reference features, not only statistics: leave the "
-                              "reference unset (or evaluate fd alone against it)")
-        ref = reference if isinstance(reference, M.Reference) else M.load_reference(reference)
-        M.results._compatible(ref, ext)  # same feature dimension and extractor
+    chosen = _chosen(metrics, image)
+    if any(m.name == "bpd" for m in chosen):
+        check_elbo_samples(elbo_samples)
+    ext, ref = _extractor_and_reference(loaded, chosen, extractor, reference)  # before any sampling
     say = progress or (lambda msg: None)
     seeds = list(range(n)) if seeds is None else [int(s) for s in seeds]
-    result: dict[str, Any] = {
-        "checkpoint": str(loaded.checkpoint_dir), "step": loaded.step, "images_seen": loaded.images_seen,
-        "objective": loaded.config.loss.objective, "dataset": loaded.config.data.name,
-        "ema": loaded.ema, "training_precision": loaded.config.run.precision,
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__, "metrics": {},
-    }
-    needs_samples = any(m in metrics for m in ("fd", "kid", "coverage", "toy"))
-    if needs_samples:
+    result = _provenance(loaded)
+    ev = Evaluation(loaded, seeds, extractor=ext, given_reference=ref, split=split, n_elbo=n_elbo,
+                    elbo_samples=elbo_samples, say=say, bar=bar)
+    if any(m.samples for m in chosen):
         if samples is None:
-            say(f"sampling {len(seeds)} with {settings.sampler}, {settings.steps} steps")
-            hook = None
-            if bar is not None:
-                sample_bar = bar(f"sampling ({settings.sampler}, {settings.steps} steps)", len(seeds))
-                done = [0]
-
-                def hook(k: int, total: int) -> None:
-                    sample_bar.update(k - done[0])
-                    done[0] = k
-            samples, sample_labels = generate(loaded, seeds, settings, batch_size=batch_size, progress=hook)
-            if bar is not None:
-                sample_bar.close()
+            samples, sample_labels = _draw(loaded, seeds, settings, batch_size, say, bar)
         elif len(seeds) < samples.shape[0]:
             raise OptionError(f"{samples.shape[0]} samples but only {len(seeds)} seeds")
         # the weights actually used are those of ``loaded``, whatever ``settings.ema`` says
         result["sampling"] = {**settings.as_dict(), "ema": loaded.ema, "n": int(samples.shape[0]),
-                              "seeds": M.results.format_seeds(seeds[: samples.shape[0]])}
-    train = dataset_split(loaded, "train") if needs_samples else None
-    if image and needs_samples:
-        levels = train.levels
-        if levels is not None:  # samples are written as K-level images: measure those
-            from .data import dequantize, quantize
-            samples = dequantize(quantize(samples, levels), levels).float()
-    if ext is not None:
-        say(f"features ({ext.name})")
-        feats = extract_features(ext, samples, bar)
-        if "fd" in metrics or "kid" in metrics:
-            ref_feats = None
-            if ref is None:
-                ref_feats = extract_features(ext, train.data, bar)
-                mu, sigma = M.feature_statistics(ref_feats)
-                ref = M.Reference(mu=mu, sigma=sigma, path=f"<{loaded.config.data.name} train split>",
-                                  checksum="", meta={"extractor": ext.name, "extractor_checksum": ext.checksum,
-                                                     "n_samples": str(ref_feats.shape[0])})
-            if "fd" in metrics:
-                mu, sigma = M.feature_statistics(feats)
-                value = M.frechet_distance(mu, sigma, ref.mu, ref.sigma)
-                result["metrics"]["fd"] = M.fd_result(value, n_samples=feats.shape[0], extractor=ext,
-                                                      reference=ref, seeds=seeds[: feats.shape[0]]).as_dict()
-            if "kid" in metrics:
-                k = M.kid(feats, ref_feats, subset_size=min(1000, feats.shape[0], ref_feats.shape[0]))
-                result["metrics"]["kid"] = {"mean": k.mean, "std": k.std, "extractor": ext.name,
-                                            "extractor_checksum": ext.checksum, "n_samples": int(feats.shape[0])}
-        if "coverage" in metrics:
-            result["metrics"]["coverage"] = M.class_coverage(samples, ext, labels=sample_labels).as_dict()
-    if "toy" in metrics:
-        mixture = loaded.dataset(**_small(loaded)).mixture
-        result["metrics"]["toy"] = M.toy_metrics(samples, mixture, seed=10_000 + seeds[0]).as_dict()
-    if "bpd" in metrics or "loss-std" in metrics:
-        x, labels, levels = elbo_examples(loaded, split, n_elbo)
-        if "bpd" in metrics:
-            say(f"ELBO on {x.shape[0]} {split} examples")
-            summary, _ = elbo_summary(loaded, x, levels, samples=elbo_samples, labels=labels, bar=bar)
-            result["metrics"]["bpd"] = {**summary, "split": split}
-        if "loss-std" in metrics:
-            result["metrics"]["loss-std"] = {**_loss_std(loaded, x, labels, seed=1), "split": split}
+                              "seeds": M.format_seeds(seeds[: samples.shape[0]])}
+        if image and ev.train.levels is not None:  # samples are written as K-level images: measure those
+            samples = data.dequantize(data.quantize(samples, ev.train.levels), ev.train.levels).float()
+        ev.samples, ev.sample_labels = samples, sample_labels
+    for metric in chosen:
+        result["metrics"][metric.name] = metric.compute(ev)
     return _jsonable(result)
 
 

@@ -94,13 +94,7 @@ def likelihood(model: Callable[..., Tensor], parameterization: Parameterization,
     n, dims, shape = x.shape[0], x[0].numel(), x.shape
     dtype = torch.promote_types(x.dtype, torch.float32)
 
-    log_bin = 0.0
-    if levels is not None:
-        level_indices(x, levels)  # validates that x is discrete data on the bin centres
-        width = 2.0 / (levels - 1)
-        u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        x = x + width * (u - 0.5)
-        log_bin = dims * math.log(width)
+    x, log_bin = _dequantised(x, levels, generator)
 
     if divergence == "exact":
         n_div = 1
@@ -136,8 +130,7 @@ def likelihood(model: Callable[..., Tensor], parameterization: Parameterization,
         y1 = _dopri5(rhs, y0, hi, lo, rtol=rtol, atol=atol)
 
     z_min, integral = y1[:, :dims], -y1[:, dims:]  # we integrated from λ_max down to λ_min
-    log_alpha_min = 0.5 * float(torch.nn.functional.logsigmoid(torch.tensor(lo, dtype=torch.float64)))
-    prior = (-0.5 * z_min.square().sum(1) - 0.5 * dims * math.log(2 * math.pi) + dims * log_alpha_min)
+    prior = _prior_log_density(z_min, lo)
     per_probe = prior[:, None] + integral + log_bin
     ll = per_probe.mean(1)
     if divergence == "exact":
@@ -148,6 +141,25 @@ def likelihood(model: Callable[..., Tensor], parameterization: Parameterization,
         se = torch.full_like(ll, math.nan)
     return LikelihoodResult(log_likelihood=ll, log_likelihood_se=se, prior=prior,
                             divergence_integral=integral.mean(1), dims=dims, levels=levels, nfe=nfe[0])
+
+
+def _dequantised(x: Tensor, levels: int | None, generator: torch.Generator | None) -> tuple[Tensor, float]:
+    """``x`` dequantised uniformly within its bin, x + Δ(u − ½) with Δ = 2/(K − 1), and D log Δ (``levels``
+    = K); ``x`` itself and 0 for continuous data (``levels`` None)."""
+    if levels is None:
+        return x, 0.0
+    level_indices(x, levels)  # validates that x is discrete data on the bin centres
+    width = 2.0 / (levels - 1)
+    u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    return x + width * (u - 0.5), x[0].numel() * math.log(width)
+
+
+def _prior_log_density(z_min: Tensor, logsnr_min: float) -> Tensor:
+    r"""The prior's share of log p(x) (module docstring): log N(z(λ_min); 0, I) + D log α(λ_min), with
+    α² = sigmoid(λ); ``z_min`` ``[B, D]``, result ``[B]``."""
+    dims = z_min.shape[1]
+    log_alpha_min = 0.5 * float(torch.nn.functional.logsigmoid(torch.tensor(logsnr_min, dtype=torch.float64)))
+    return -0.5 * z_min.square().sum(1) - 0.5 * dims * math.log(2 * math.pi) + dims * log_alpha_min
 
 
 def _exact_divergence(eps_hat: Tensor, z: Tensor) -> Tensor:

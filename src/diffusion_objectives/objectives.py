@@ -43,7 +43,7 @@ class PublishedForm:
 
     def weighting(self) -> Weighting:
         """w(λ) = 2 p_π(λ) c(λ) k(λ) (docs/theory.md, "Converting a published loss")."""
-        return weightings.from_published(self.density, self.loss_weight, self.parameterization)
+        return weightings.published_weighting(self.density, self.loss_weight, self.parameterization)
 
 
 @dataclass(frozen=True)
@@ -124,22 +124,24 @@ def _v_cosine() -> Objective:
 @REGISTRY.register("edm", "EDM22: F-prediction, log-normal σ, λ(σ) weight")
 def _edm() -> Objective:
     # EDM22 Eq. 8: E_σ[λ(σ) c_out² ‖F̂ − F‖²] with λ(σ) = 1/c_out²: c ≡ 1 on the F target.
-    form = PublishedForm(schedules.NormalLogSNR(2.4, 2.4, -_INF, _INF), None, parameterizations.EDM(0.5),
+    form = PublishedForm(schedules.NormalLogSNR(2.4, 2.4, -_INF, _INF), None, parameterizations.EDMPrecond(0.5),
                          "Karras et al. 2022, Eq. 8 and Table 1")
-    return Objective(weightings.EDM(), schedules.get("edm"), parameterizations.EDM(0.5), "edm", form)
+    return Objective(weightings.EDMWeighting(), schedules.get("edm"), parameterizations.EDMPrecond(0.5), "edm", form)
 
 
 @REGISTRY.register("flow-matching", "flow matching / rectified flow: velocity target, uniform t")
 def _flow_matching() -> Objective:
-    form = PublishedForm(schedules.Flow(-_INF, _INF), None, parameterizations.Flow(), "Lipman 2023; Liu 2023")
-    return Objective(weightings.FlowWeighting(), schedules.Flow(), parameterizations.Flow(), "flow-matching", form)
+    form = PublishedForm(schedules.FlowUniformT(-_INF, _INF), None, parameterizations.FlowVelocity(),
+                         "Lipman 2023; Liu 2023")
+    return Objective(weightings.FlowWeighting(), schedules.FlowUniformT(), parameterizations.FlowVelocity(),
+                     "flow-matching", form)
 
 
 @REGISTRY.register("sd3", "SD3 rf/lognorm(0, 1): velocity target, logit-normal t")
 def _sd3() -> Objective:
-    form = PublishedForm(schedules.NormalLogSNR(0.0, 2.0, -_INF, _INF), None, parameterizations.Flow(),
+    form = PublishedForm(schedules.NormalLogSNR(0.0, 2.0, -_INF, _INF), None, parameterizations.FlowVelocity(),
                          "Esser et al. 2024")
-    return Objective(weightings.SD3(), schedules.get("logit-normal"), parameterizations.Flow(), "sd3", form)
+    return Objective(weightings.SD3(), schedules.get("logit-normal"), parameterizations.FlowVelocity(), "sd3", form)
 
 
 @REGISTRY.register("min-snr", "Min-SNR-5: ε-loss × min(SNR, 5)/SNR, cosine")
@@ -160,8 +162,8 @@ def _p2() -> Objective:
 
 @REGISTRY.register("indi", "InDI: x-prediction on the flow path, uniform t")
 def _indi() -> Objective:
-    form = PublishedForm(schedules.Flow(-_INF, _INF), None, parameterizations.X(), "Delbracio & Milanfar 2023")
-    return Objective(weightings.InDI(), schedules.Flow(), parameterizations.X(), "indi", form)
+    form = PublishedForm(schedules.FlowUniformT(-_INF, _INF), None, parameterizations.X(), "Delbracio & Milanfar 2023")
+    return Objective(weightings.InDI(), schedules.FlowUniformT(), parameterizations.X(), "indi", form)
 
 
 @REGISTRY.register("edm2", "EDM2: F-prediction, ln σ ~ N(−0.4, 1), weight (σ² + σ_d²)/(σσ_d)² on ‖D − x‖²")
@@ -172,8 +174,8 @@ def _edm2() -> Objective:
     form = PublishedForm(schedules.NormalLogSNR(0.8, 2.0, -_INF, _INF),
                          lambda lam: (torch.exp(-lam) + sd2) / (torch.exp(-lam) * sd2), parameterizations.X(),
                          "Karras et al. 2024 (EDM2): λ(σ) = 1/c_out², P_mean = −0.4, P_std = 1")
-    return Objective(weightings.EDM(-0.4, 1.0, 0.5), schedules.get("edm", p_mean=-0.4, p_std=1.0),
-                     parameterizations.EDM(0.5), "edm2", form)
+    return Objective(weightings.EDMWeighting(-0.4, 1.0, 0.5), schedules.get("edm", p_mean=-0.4, p_std=1.0),
+                     parameterizations.EDMPrecond(0.5), "edm2", form)
 
 
 def _unweighted_eps(name: str, density: Schedule, citation: str) -> Objective:
@@ -203,8 +205,8 @@ def _soft_min_snr() -> Objective:
     sd2 = 0.25
     density = schedules.LinearLogSNR(schedules.LOGSNR_MIN, schedules.LOGSNR_MAX)
     form = PublishedForm(density, lambda lam: torch.exp(-lam) * sd2 / (torch.exp(-lam) + sd2) ** 2,
-                         parameterizations.EDM(0.5), "Crowson et al. 2024 (HDiT); k-diffusion soft-min-snr")
-    return Objective(form.weighting(), density, parameterizations.EDM(0.5), "soft-min-snr", form)
+                         parameterizations.EDMPrecond(0.5), "Crowson et al. 2024 (HDiT); k-diffusion soft-min-snr")
+    return Objective(form.weighting(), density, parameterizations.EDMPrecond(0.5), "soft-min-snr", form)
 
 
 @REGISTRY.register("sigmoid", "KG23: sigmoid(2 − λ) weighting, ε-prediction, cosine schedule")
@@ -214,7 +216,7 @@ def _sigmoid() -> Objective:
 
 @REGISTRY.register("edm-monotonic", "KG23: monotone envelope of the EDM weighting, EDM's F and schedule")
 def _edm_monotonic() -> Objective:
-    return Objective(weightings.get("edm-monotonic"), schedules.get("edm"), parameterizations.EDM(0.5),
+    return Objective(weightings.get("edm-monotonic"), schedules.get("edm"), parameterizations.EDMPrecond(0.5),
                      "edm-monotonic")
 
 

@@ -19,10 +19,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._deprecation import renamed
 from .process import alpha_sigma, expand_like
 from .registry import Registry
 
-__all__ = ["Parameterization", "Eps", "X", "V", "Flow", "EDM", "Score", "REGISTRY", "get", "names"]
+__all__ = ["Parameterization", "Eps", "X", "V", "FlowVelocity", "EDMPrecond", "Score", "REGISTRY", "get", "names"]
 
 
 class Parameterization:
@@ -120,7 +121,7 @@ class V(Parameterization):
         return 1 + torch.exp(-logsnr)
 
 
-class Flow(Parameterization):
+class FlowVelocity(Parameterization):
     """Rectified-flow velocity u = ε − x; ε̂ = (z + α û)/(α + σ), x̂ = (z − σ û)/(α + σ)."""
 
     name, k_formula = "flow", "(1 + e^{−λ/2})²"
@@ -144,7 +145,7 @@ class Flow(Parameterization):
         return (1 + torch.exp(-0.5 * logsnr)) ** 2
 
 
-class EDM(Parameterization):
+class EDMPrecond(Parameterization):
     r"""EDM22 preconditioning in VP coordinates: x̃ = z/α, σ = σ_VE = e^{−λ/2},
     c_skip = σ_d²/(σ²+σ_d²), c_out = σσ_d/√(σ²+σ_d²), D = c_skip x̃ + c_out F (EDM22 Table 1).
 
@@ -216,8 +217,8 @@ REGISTRY: Registry[Parameterization] = Registry("parameterization")
 REGISTRY.add("eps", Eps, "predict the noise ε")
 REGISTRY.add("x", X, "predict the data x")
 REGISTRY.add("v", V, "predict v = α ε − σ x")
-REGISTRY.add("flow", Flow, "predict the rectified-flow velocity ε − x")
-REGISTRY.add("edm", EDM, "predict EDM's F (preconditioned denoiser)")
+REGISTRY.add("flow", FlowVelocity, "predict the rectified-flow velocity ε − x")
+REGISTRY.add("edm", EDMPrecond, "predict EDM's F (preconditioned denoiser)")
 REGISTRY.add("score", Score, "predict the score −ε/σ")
 
 
@@ -229,3 +230,7 @@ def get(name: str, **params) -> Parameterization:
 def names() -> list[str]:
     return REGISTRY.names()
 
+
+
+# deprecated names (issue 11: names unique across modules); registry names are unchanged
+__getattr__ = renamed(__name__, {"Flow": "FlowVelocity", "EDM": "EDMPrecond"}, globals())

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from . import adapters, objectives, weightings
+from .data import probe_params
 from .errors import OptionError
 from .networks.diffusers_unet import DiffusersNetwork, scheduler_config
 from .training.build import build_dataset, build_objective
@@ -180,8 +181,7 @@ def load_diffusers_pipeline(path: str | Path, data: str | None = None,
     cfg, record = _config(path, data)
     model, scheduler = _read_pipeline(path)
     adapter = _adapter(model, scheduler)
-    data_shape = tuple(build_dataset(cfg.data, **({"n": 16} if cfg.data.name in ("ring", "grid", "anisotropic")
-                                                  else {})).shape)
+    data_shape = tuple(build_dataset(cfg.data, **probe_params(cfg.data.name)).shape)
     _model_shape_check(model, data_shape, cfg.data.name)
     num_classes = int(record["num_classes"]) if record else 0
     if record is None and getattr(getattr(model, "config", None), "num_class_embeds", None):

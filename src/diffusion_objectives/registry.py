@@ -28,18 +28,23 @@ class Registry(Generic[T]):
         self.kind = kind
         self.infinite = frozenset(infinite)  # parameters for which ±inf means something (e.g. logsnr_min)
         self._entries: dict[str, tuple[Callable[..., T], str]] = {}
+        self._info: dict[str, Any] = {}
 
-    def register(self, name: str, summary: str = "") -> Callable[[Callable[..., T]], Callable[..., T]]:
+    def register(self, name: str, summary: str = "",
+                 info: Any = None) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """Decorator registering ``factory`` as ``name``; ``info`` is what callers may ask about the entry
+        without building it (e.g. whether a dataset holds images), see :meth:`info`."""
         def decorator(factory: Callable[..., T]) -> Callable[..., T]:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} registered twice")
             self._entries[name] = (factory, summary)
+            self._info[name] = info
             return factory
 
         return decorator
 
-    def add(self, name: str, factory: Callable[..., T], summary: str = "") -> None:
-        self.register(name, summary)(factory)
+    def add(self, name: str, factory: Callable[..., T], summary: str = "", info: Any = None) -> None:
+        self.register(name, summary, info)(factory)
 
     def names(self) -> list[str]:
         return list(self._entries)
@@ -49,6 +54,11 @@ class Registry(Generic[T]):
 
     def summary(self, name: str) -> str:
         return self._entry(name)[1]
+
+    def info(self, name: str) -> Any:
+        """The ``info`` registered with ``name`` (None if none); unknown names raise like :meth:`get`."""
+        self._entry(name)
+        return self._info[name]
 
     def parameters(self, name: str) -> dict[str, Any]:
         """The keyword parameters ``name`` accepts, with their defaults (``inspect.Parameter.empty`` if required)."""

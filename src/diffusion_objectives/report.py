@@ -19,44 +19,34 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["COLUMNS", "extract", "summarise", "write_report", "format_cell"]
+from .data import image_grid, scatter_points
+from .evaluation import METRICS
+from .theory import augmentation_density
 
-# (key, heading, direction): direction −1 means lower is better, +1 higher is better, 0 neither.
-COLUMNS: list[tuple[str, str, int]] = [
-    ("fd", "FD ↓", -1),
-    ("kid", "KID ↓", -1),
-    ("accuracy", "class accuracy ↑", 1),
-    ("reverse_kl", "KL(model‖data) (nats) ↓", -1),
-    ("cross_entropy", "cross-entropy (nats)", 0),
-    ("sliced_wasserstein", "SW₂ ↓", -1),
-    ("mmd", "MMD² ↓", -1),
-    ("bpd", "−ELBO ↓", -1),
-    ("loss_rel_std", "loss std/mean", 0),
-    ("train_seconds", "train s", 0),
-]
+__all__ = ["COLUMNS", "columns", "extract", "summarise", "write_report", "format_cell"]
+
+
+def columns() -> list[tuple[str, str, int]]:
+    """(name, heading, direction) of every named output of the registered metrics, in registry order, then the
+    training time: direction −1 means lower is better, +1 higher is better, 0 neither. A metric added to
+    :data:`~diffusion_objectives.evaluation.METRICS` gets its columns here."""
+    outputs = [o for name in METRICS.names() for o in METRICS.get(name).outputs]
+    return [(o.name, o.heading, o.direction) for o in outputs] + [("train_seconds", "train s", 0)]
+
+
+COLUMNS: list[tuple[str, str, int]] = columns()
 
 
 def extract(record: dict[str, Any]) -> dict[str, float]:
-    """The scalar metrics of one run's record (missing ones are left out)."""
-    m = record["result"]["metrics"]
+    """The named scalar outputs of one run's record (:meth:`~diffusion_objectives.evaluation.Metric.scalars`
+    of each metric in it; missing ones are left out) and its training time."""
     out: dict[str, float] = {}
-    if "fd" in m:
-        out["fd"] = m["fd"]["value"]
-    if "kid" in m:
-        out["kid"] = m["kid"]["mean"]
-    if "coverage" in m and m["coverage"].get("accuracy") is not None:
-        out["accuracy"] = m["coverage"]["accuracy"]
-    if "toy" in m:
-        for k in ("reverse_kl", "cross_entropy", "sliced_wasserstein", "mmd"):
-            if k in m["toy"]:
-                out[k] = m["toy"][k]
-    if "bpd" in m:
-        out["bpd"] = m["bpd"]["value"]
-    if "loss-std" in m:
-        out["loss_rel_std"] = m["loss-std"]["relative_std"]
+    for name, result in record["result"]["metrics"].items():
+        if name in METRICS:
+            out.update(METRICS.get(name).scalars(result))
     if record.get("train_seconds") is not None:
         out["train_seconds"] = float(record["train_seconds"])
-    return {k: float(v) for k, v in out.items() if v is not None}
+    return out
 
 
 def _mean_se(values: Sequence[float]) -> dict[str, float | int | None]:
@@ -98,7 +88,7 @@ def verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """KG23's claim at this scale: is the best monotone weighting competitive with the best non-monotone one
     on the primary sample-quality metric? Also: does the grid rank objectives above seed noise?"""
     key = primary_metric(rows)
-    sign = dict((k, d) for k, _, d in COLUMNS).get(key) or -1  # the fallback metrics: lower is better
+    sign = dict((k, d) for k, _, d in columns()).get(key) or -1  # the fallback metrics: lower is better
     scored = [r for r in rows if key in r["metrics"]]
     best = {}
     for mono in (True, False):
@@ -142,7 +132,7 @@ def format_cell(stat: dict[str, Any] | None) -> str:
 
 
 def _table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    present = [c for c in COLUMNS if any(c[0] in r["metrics"] for r in rows)]
+    present = [c for c in columns() if any(c[0] in r["metrics"] for r in rows)]
     head = ["objective", "monotone", "seeds"] + [h for _, h, _ in present]
     body = [[r["entry"], {True: "yes", False: "no", None: "learned"}[r["monotone"]], str(len(r["seeds"]))]
             + [format_cell(r["metrics"].get(k)) for k, _, _ in present] for r in rows]
@@ -157,17 +147,25 @@ def _markdown_table(head: list[str], body: list[list[str]]) -> str:
 
 # ---- plots ---------------------------------------------------------------------------------------------------
 
-def _plots(entries, rows, records, out: Path) -> dict[str, str]:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .theory import augmentation_density
+    return plt
 
-    files: dict[str, str] = {}
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+
+
+def _plot_weightings(entries, path: Path) -> None:
+    """w(λ)/max w of every fixed weighting, and the noise-augmentation density implied by each monotone one."""
     lam = torch.linspace(-15, 15, 1201, dtype=torch.float64)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    fig, axes = _pyplot().subplots(1, 2, figsize=(13, 4.5))
     for e in entries:
         if e.adaptive or getattr(e, "uncertainty", False):
             continue
@@ -183,20 +181,21 @@ def _plots(entries, rows, records, out: Path) -> dict[str, str]:
         if ax.lines:
             ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "weightings.png", dpi=110)
-    plt.close(fig)
-    files["weightings"] = "weightings.png"
+    _save(fig, path)
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+
+def _stats(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The records of a run's ``stats.jsonl``."""
+    stats = Path(record["run_dir"]) / "stats.jsonl"
+    return [json.loads(line) for line in stats.read_text().splitlines() if line.strip()]
+
+
+def _plot_training_curves(entries, records: list[dict[str, Any]], path: Path) -> None:
+    """Per entry, the seed-averaged training loss over its final value."""
+    fig, ax = _pyplot().subplots(figsize=(8, 4.5))
     for e in entries:
-        curves = []
-        for r in records:
-            if r["entry"] != e.label:
-                continue
-            stats = Path(r["run_dir"]) / "stats.jsonl"
-            rows_ = [json.loads(line) for line in stats.read_text().splitlines() if line.strip()]
-            curves.append([(s["step"], s["loss"]) for s in rows_ if s.get("loss") is not None])
+        curves = [[(s["step"], s["loss"]) for s in _stats(r) if s.get("loss") is not None]
+                  for r in records if r["entry"] == e.label]
         if not curves:
             continue
         n = min(len(c) for c in curves)
@@ -207,13 +206,13 @@ def _plots(entries, rows, records, out: Path) -> dict[str, str]:
     ax.set(yscale="log", xlabel="step", ylabel="training loss / its final value", title="training curves")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "training_curves.png", dpi=110)
-    plt.close(fig)
-    files["training_curves"] = "training_curves.png"
+    _save(fig, path)
 
-    present = [c for c in COLUMNS if c[0] != "train_seconds" and any(c[0] in r["metrics"] for r in rows)]
-    fig, axes = plt.subplots(len(present), 1, figsize=(9, 2.4 * len(present)), squeeze=False)
+
+def _plot_metrics(rows: list[dict[str, Any]], path: Path) -> None:
+    """One bar chart per named metric output present (mean ± SE over seeds), coloured by monotonicity."""
+    present = [c for c in columns() if c[0] != "train_seconds" and any(c[0] in r["metrics"] for r in rows)]
+    fig, axes = _pyplot().subplots(len(present), 1, figsize=(9, 2.4 * len(present)), squeeze=False)
     for ax, (key, head, _) in zip(axes[:, 0], present, strict=True):
         xs = [i for i, r in enumerate(rows) if key in r["metrics"]]
         ys = [rows[i]["metrics"][key]["mean"] for i in xs]
@@ -224,36 +223,39 @@ def _plots(entries, rows, records, out: Path) -> dict[str, str]:
         ax.set_xticks(range(len(rows)))
         ax.set_xticklabels([r["entry"] for r in rows], rotation=35, ha="right", fontsize=7)
     axes[0, 0].set_title("metrics (mean ± SE over seeds; blue: monotone, red: non-monotone, gray: learned)")
-    fig.tight_layout()
-    fig.savefig(out / "metrics.png", dpi=110)
-    plt.close(fig)
-    files["metrics"] = "metrics.png"
+    _save(fig, path)
 
+
+def _plot_samples(entries, records: list[dict[str, Any]], path: Path) -> None:
+    """Per entry, the samples its first run kept: a scatter plot of 2-D points or an image grid."""
     cols = min(5, len(entries))
     nrows = math.ceil(len(entries) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(2.6 * cols, 2.6 * nrows), squeeze=False)
+    fig, axes = _pyplot().subplots(nrows, cols, figsize=(2.6 * cols, 2.6 * nrows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, e in zip(axes.flat, entries, strict=False):
         mine = [r for r in records if r["entry"] == e.label]
-        path = Path(mine[0]["run_dir"]) / "samples.npz" if mine else None
-        if path is None or not path.is_file():
+        file = Path(mine[0]["run_dir"]) / "samples.npz" if mine else None
+        if file is None or not file.is_file():
             continue
-        x = np.load(path)["samples"]
+        x = np.load(file)["samples"]
         if x.ndim == 2:
-            ax.scatter(x[:, 0], x[:, 1], s=0.5, alpha=0.5)
-            ax.set_xlim(-2, 2)
-            ax.set_ylim(-2, 2)
+            scatter_points(ax, x, limit=2.0, size=0.5)
         else:
-            from .data import image_grid
-
             grid = image_grid(torch.from_numpy(x[:36]), 6)
             ax.imshow(grid[..., 0] if grid.shape[2] == 1 else grid, cmap="gray")
         ax.set_title(e.label, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "samples.png", dpi=110)
-    plt.close(fig)
-    files["samples"] = "samples.png"
+    _save(fig, path)
+
+
+def _plots(entries, rows, records, out: Path) -> dict[str, str]:
+    """Write the report's plots into ``out``; return {name: file name}."""
+    files = {"weightings": "weightings.png", "training_curves": "training_curves.png", "metrics": "metrics.png",
+             "samples": "samples.png"}
+    _plot_weightings(entries, out / files["weightings"])
+    _plot_training_curves(entries, records, out / files["training_curves"])
+    _plot_metrics(rows, out / files["metrics"])
+    _plot_samples(entries, records, out / files["samples"])
     if any(getattr(e, "uncertainty", False) for e in entries):
         _plot_effective_weightings(entries, records, out / "effective_weightings.png")
         files["effective_weightings"] = "effective_weightings.png"
@@ -264,9 +266,7 @@ def _plots(entries, rows, records, out: Path) -> dict[str, str]:
 
 def _weighting_history(record: dict[str, Any]) -> list[dict[str, Any]]:
     """The stats.jsonl records of a ``+uncertainty`` run that carry the effective weighting per λ-bin."""
-    stats = Path(record["run_dir"]) / "stats.jsonl"
-    rows = [json.loads(line) for line in stats.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r.get("w_eff_per_logsnr_bin") is not None]
+    return [r for r in _stats(record) if r.get("w_eff_per_logsnr_bin") is not None]
 
 
 def _normalised_mean_logsnr(lam: np.ndarray, w: np.ndarray) -> float:
@@ -316,11 +316,7 @@ def _shift_sentence(s: dict[str, Any]) -> str:
 def _plot_effective_weightings(entries, records: list[dict[str, Any]], path: Path) -> None:
     """One panel per ``+uncertainty`` entry: the base w and the effective w e^{−u} (both normalised) at several
     points of training (seed 0's run; the final one averaged over seeds, bold)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     mine = [e for e in entries if getattr(e, "uncertainty", False)]
     cols = min(4, len(mine))
     fig, axes = plt.subplots(math.ceil(len(mine) / cols), cols, figsize=(4.2 * cols, 3.4 * math.ceil(len(mine) / cols)),
@@ -343,9 +339,7 @@ def _plot_effective_weightings(entries, records: list[dict[str, Any]], path: Pat
         ax.set(yscale="log", title=e.label, xlabel="log-SNR λ (bin centres)", ylabel="normalised weighting")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def variant_effects(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
@@ -364,6 +358,12 @@ def variant_effects(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]
         out.append({"entry": r["entry"], "base": base["entry"], "metric": key, "difference": diff, "se": se,
                     "z": diff / se if se else None})
     return out
+
+
+def _overrides_text(overrides: Any) -> str:
+    """A study's training-config overrides as ``KEY=VALUE`` items (older results hold the list of items)."""
+    items = overrides.items() if isinstance(overrides, dict) else (item.split("=", 1) for item in overrides)
+    return " ".join(f"{k}={v}" for k, v in items)
 
 
 def _machine() -> dict[str, Any]:
@@ -526,7 +526,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
         "## Protocol",
         "",
-        f"- training preset `{study['preset']}` with overrides `{' '.join(study['overrides']) or 'none'}`; "
+        f"- training preset `{study['preset']}` with overrides `{_overrides_text(study['overrides']) or 'none'}`; "
         f"{study['steps']} steps of batch {study['batch_size']} for every objective (equal compute); "
         "same network, data, optimizer and EMA; each objective's own schedule and parameterization "
         "(`+adaptive`: KG23's adaptive schedule instead).",

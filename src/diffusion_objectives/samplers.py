@@ -32,10 +32,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .errors import OptionError
 from .parameterizations import Parameterization
 from .process import alpha_sigma
 from .registry import Registry
 from .schedules import ScheduleLike
+from .schedules import get as _schedule
 
 __all__ = [
     "Step",
@@ -52,16 +54,18 @@ __all__ = [
     "edm_stochastic",
     "EDMStochastic",
     "EDM_STOCHASTIC",
-    "STOCHASTIC",
     "dpmpp_2m",
     "grid_uniform_t",
     "grid_edm",
     "grid_uniform_logsnr",
     "seeded_generators",
     "seeded_noise",
+    "Sampler",
     "REGISTRY",
     "get",
     "names",
+    "GRIDS",
+    "grid",
 ]
 
 Model = Callable[..., Tensor]
@@ -421,23 +425,69 @@ def edm_stochastic(model: Model, parameterization: Parameterization, noise: Tens
     return sample_edm_stochastic(denoiser, noise, logsnrs, generators=generators, callback=callback)
 
 
-REGISTRY: Registry[Callable[..., Tensor]] = Registry("sampler")
-REGISTRY.add("ancestral", lambda: ancestral, "ancestral / DDPM sampling in λ (stochastic)")
-REGISTRY.add("ddim", lambda: ddim, "DDIM, η = 0 (deterministic)")
-REGISTRY.add("heun", lambda: heun, "EDM22 Algorithm 2: Heun's method with optional churn")
-REGISTRY.add("dpmpp-2m", lambda: dpmpp_2m, "DPM-Solver++(2M), multistep second order (deterministic)")
-REGISTRY.add("edm-stochastic", lambda: edm_stochastic,
-             "EDM22's ImageNet-64 stochastic sampler: Heun with S_churn 40, S_min 0.05, S_max 50, S_noise 1.003; "
-             "use with 256 steps (511 NFE), the sampler of EDM's published FID 1.36")
+@dataclass(frozen=True)
+class Sampler:
+    """A registered sampler: its ``core`` ``sample_*(denoiser, noise, logsnrs, *, generators, callback)``, the
+    same on ``(model, parameterization, ...)`` (``function``, e.g. :func:`heun`), and whether it draws noise
+    along the chain (``stochastic``: it needs one generator per sample for samples that do not depend on
+    their batch)."""
 
-# samplers that draw noise along the chain: give them one generator per sample (``generators``)
-STOCHASTIC = ("ancestral", "edm-stochastic")
+    name: str
+    core: Callable[..., Tensor]
+    function: Callable[..., Tensor]
+    stochastic: bool
+
+    def __call__(self, denoiser: Denoiser, noise: Tensor, logsnrs: Tensor | Sequence[float], *,
+                 generators: Generators = None, callback: Callback = None) -> Tensor:
+        """``core(denoiser, noise, logsnrs)``; ``generators`` (one per sample) reach only a stochastic sampler."""
+        return self.core(denoiser, noise, logsnrs, generators=generators if self.stochastic else None,
+                         callback=callback)
+
+
+REGISTRY: Registry[Sampler] = Registry("sampler")
+
+
+def _add(name: str, core: Callable[..., Tensor], function: Callable[..., Tensor], stochastic: bool,
+         summary: str) -> None:
+    sampler = Sampler(name, core, function, stochastic)
+    REGISTRY.add(name, lambda: sampler, summary, info=sampler)
+
+
+_add("ancestral", sample_ancestral, ancestral, True, "ancestral / DDPM sampling in λ (stochastic)")
+_add("ddim", sample_ddim, ddim, False, "DDIM, η = 0 (deterministic)")
+_add("heun", sample_heun, heun, False, "EDM22 Algorithm 2: Heun's method with optional churn")
+_add("dpmpp-2m", sample_dpmpp_2m, dpmpp_2m, False, "DPM-Solver++(2M), multistep second order (deterministic)")
+_add("edm-stochastic", sample_edm_stochastic, edm_stochastic, True,
+     "EDM22's ImageNet-64 stochastic sampler: Heun with S_churn 40, S_min 0.05, S_max 50, S_noise 1.003; "
+     "use with 256 steps (511 NFE), the sampler of EDM's published FID 1.36")
 
 
 def get(name: str) -> Callable[..., Tensor]:
-    """A sampler function by registry name (``ancestral``, ``ddim``, ``heun``, ``dpmpp-2m``, ``edm-stochastic``)."""
-    return REGISTRY.get(name)
+    """A sampler function on ``(model, parameterization, noise, logsnrs, ...)`` by registry name (``ancestral``,
+    ``ddim``, ``heun``, ``dpmpp-2m``, ``edm-stochastic``); ``REGISTRY.get(name)`` is the :class:`Sampler`."""
+    return REGISTRY.get(name).function
 
 
 def names() -> list[str]:
     return REGISTRY.names()
+
+
+# -- named λ-grids -------------------------------------------------------------------------------------------
+
+GRIDS: Registry[Callable[[int], Tensor]] = Registry("sampling grid")
+GRIDS.add("edm", lambda: grid_edm, "EDM22's ρ = 7 grid, σ from 80 to 0.002")
+GRIDS.add("cosine", lambda: (lambda steps: grid_uniform_t(_schedule("cosine", logsnr_min=-15,
+                                                                          logsnr_max=15), steps)),
+          "uniform in t of the cosine schedule on [−15, 15]")
+GRIDS.add("uniform-logsnr", lambda: (lambda steps: grid_uniform_logsnr(steps, -15.0, 15.0)),
+          "uniform in λ on [−15, 15]")
+
+
+def grid(name: str, steps: int) -> Tensor:
+    """The increasing λ-grid ``name`` (``edm``, ``cosine``, ``uniform-logsnr``) with ``steps`` points; unknown
+    names and fewer than 2 points are :class:`~diffusion_objectives.errors.OptionError` naming ``steps``."""
+    make = GRIDS.get(name)
+    try:
+        return make(steps)
+    except ValueError as exc:  # fewer than 2 points
+        raise OptionError(f"steps {steps}: {exc}") from None

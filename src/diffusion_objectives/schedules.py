@@ -14,27 +14,33 @@ with :math:`t = 0` at the data end (λ_max) and :math:`t = 1` at the noise end (
 resolution shift that translates p(λ) along λ (docs/theory.md, "Schedules"). Sampling draws
 :math:`t \sim U(0, 1)` and returns :math:`\lambda(t)`. All arithmetic is done in float64 and cast back,
 so the maps stay accurate in the tails; the result keeps the input's dtype (and autograd graph).
+
+Truncation and shift are a frozen wrapper, :class:`Truncated` ``(base, logsnr_min, logsnr_max, shift)``, changed
+with :func:`dataclasses.replace`; every schedule's :meth:`Schedule.truncated` is that wrapper around its base map.
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import math
 from abc import ABC, abstractmethod
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
+from ._deprecation import renamed
 from .registry import Registry
 
 __all__ = [
     "ScheduleLike",
     "Schedule",
+    "Truncated",
     "Cosine",
     "LinearLogSNR",
     "NormalLogSNR",
-    "Flow",
+    "FlowUniformT",
     "DDPMLinear",
     "Laplace",
     "Cauchy",
@@ -46,6 +52,7 @@ __all__ = [
     "get",
     "names",
     "stratified_uniform",
+    "antithetic_grid",
     "LOGSNR_MIN",
     "LOGSNR_MAX",
 ]
@@ -54,12 +61,20 @@ LOGSNR_MIN = -15.0
 LOGSNR_MAX = 15.0
 
 
+def antithetic_grid(m: int, shape: tuple[int, ...] = (), generator: torch.Generator | None = None,
+                    device: torch.device | str | None = None) -> Tensor:
+    """VDM21's antithetic (low-discrepancy) grid t_j = (u + j/m) mod 1, j = 0, …, m − 1, with one offset
+    u ~ U(0, 1) per entry of ``shape`` (drawn first, as ``torch.rand(shape)``); float64 ``[m, *shape]``."""
+    u = torch.rand(shape, generator=generator, dtype=torch.float64, device=device)
+    j = torch.arange(m, dtype=torch.float64, device=device).reshape((m,) + (1,) * len(shape))
+    return torch.remainder(u + j / m, 1.0)
+
+
 def stratified_uniform(n: int, generator: torch.Generator | None = None, *, stratified: bool = False,
                        device: torch.device | str | None = None) -> Tensor:
-    """``n`` draws from U(0, 1); with ``stratified``, VDM21's antithetic grid ``(u + j/n) mod 1``."""
+    """``n`` draws from U(0, 1), ``[n]``; with ``stratified``, one :func:`antithetic_grid` of ``n`` points."""
     if stratified:
-        u = torch.rand((), generator=generator, dtype=torch.float64, device=device)
-        return torch.remainder(u + torch.arange(n, dtype=torch.float64, device=device) / n, 1.0)
+        return antithetic_grid(n, (), generator, device)
     return torch.rand(n, generator=generator, dtype=torch.float64, device=device)
 
 
@@ -90,28 +105,47 @@ class ScheduleLike(Protocol):
     def params(self) -> dict[str, float]: ...
 
 
+def _bounds(logsnr_min: float, logsnr_max: float, shift: float) -> tuple[float, float, float]:
+    """The checked floats (logsnr_min, logsnr_max, shift)."""
+    logsnr_min, logsnr_max, shift = float(logsnr_min), float(logsnr_max), float(shift)
+    if math.isnan(logsnr_min) or math.isnan(logsnr_max) or not logsnr_min < logsnr_max:
+        raise ValueError(f"need logsnr_min < logsnr_max, got {logsnr_min} and {logsnr_max}")
+    if not math.isfinite(shift):
+        raise ValueError(f"shift must be finite, got {shift}")
+    return logsnr_min, logsnr_max, shift
+
+
 class Schedule(ABC):
-    """A truncated base map (module docstring). Subclasses implement the base map ``_g``, its derivative
-    ``_dg`` and inverse ``_g_inv`` (all on float64 tensors, on the *unshifted* λ axis); everything else,
-    truncation to other endpoints included (:meth:`with_endpoints`), follows from them."""
+    """A truncated, shifted base map (module docstring). Subclasses implement the base map ``_g``, its
+    derivative ``_dg`` and inverse ``_g_inv`` (all on float64 tensors, on the *unshifted* λ axis); everything
+    else follows from them. A subclass's constructor takes the endpoints and shift of its first truncation;
+    truncating or shifting again (:meth:`with_endpoints`, :meth:`truncated`) wraps the base map in a
+    frozen :class:`Truncated`, changed with :func:`dataclasses.replace`."""
 
     name: str = "schedule"
+    logsnr_min: float
+    logsnr_max: float
+    shift: float
 
     def __init__(self, logsnr_min: float = LOGSNR_MIN, logsnr_max: float = LOGSNR_MAX, shift: float = 0.0):
-        logsnr_min, logsnr_max, shift = float(logsnr_min), float(logsnr_max), float(shift)
-        if math.isnan(logsnr_min) or math.isnan(logsnr_max) or not logsnr_min < logsnr_max:
-            raise ValueError(f"need logsnr_min < logsnr_max, got {logsnr_min} and {logsnr_max}")
-        if not math.isfinite(shift):
-            raise ValueError(f"shift must be finite, got {shift}")
-        self.logsnr_min, self.logsnr_max, self.shift = logsnr_min, logsnr_max, shift
-        g_lo = self._g(torch.tensor(logsnr_max - shift, dtype=torch.float64))
-        g_hi = self._g(torch.tensor(logsnr_min - shift, dtype=torch.float64))
-        self._g_at_max, self._norm = float(g_lo), float(g_hi - g_lo)
-        if not (math.isfinite(self._norm) and self._norm > 0):
+        logsnr_min, logsnr_max, shift = _bounds(logsnr_min, logsnr_max, shift)
+        self._bind(self, logsnr_min, logsnr_max, shift, self._branch(logsnr_min - shift, logsnr_max - shift))
+
+    def _bind(self, target: Schedule, logsnr_min: float, logsnr_max: float, shift: float, branch: Any) -> None:
+        """Set ``target``'s endpoints, shift and normaliser Z for the base map ``branch`` (with
+        ``object.__setattr__``, so that it also initialises a frozen :class:`Truncated`)."""
+        logsnr_min, logsnr_max, shift = _bounds(logsnr_min, logsnr_max, shift)
+        g_lo = branch._g(torch.tensor(logsnr_max - shift, dtype=torch.float64))
+        g_hi = branch._g(torch.tensor(logsnr_min - shift, dtype=torch.float64))
+        norm = float(g_hi - g_lo)
+        if not (math.isfinite(norm) and norm > 0):
             raise ValueError(
                 f"{self.name} schedule cannot be normalised on [{logsnr_min}, {logsnr_max}]"
                 " (use finite endpoints)"
             )
+        for key, value in (("logsnr_min", logsnr_min), ("logsnr_max", logsnr_max), ("shift", shift),
+                           ("_map", branch), ("_g_at_max", float(g_lo)), ("_norm", norm)):
+            object.__setattr__(target, key, value)
 
     # -- the base map (float64, unshifted) ------------------------------------------------------
     @abstractmethod
@@ -126,17 +160,22 @@ class Schedule(ABC):
     def _g_inv(self, g: Tensor) -> Tensor:
         """λ(g), the inverse of :meth:`_g`."""
 
+    def _branch(self, lo: float, hi: float) -> Any:
+        """The object whose ``_g``, ``_dg``, ``_g_inv`` serve on the unshifted interval [lo, hi] (``self``;
+        a tail-accurate map picks the tail that is small there)."""
+        return self
+
     # -- public API ------------------------------------------------------------------------------
     def t(self, logsnr: Tensor) -> Tensor:
         """Time in [0, 1] of a log-SNR value (0 = data end, 1 = noise end)."""
         lam = logsnr.to(torch.float64)
-        t = (self._g(lam - self.shift) - self._g_at_max) / self._norm
+        t = (self._map._g(lam - self.shift) - self._g_at_max) / self._norm
         return t.clamp(0.0, 1.0).to(logsnr.dtype)
 
     def logsnr(self, t: Tensor) -> Tensor:
         """λ(t), strictly decreasing, λ(0) = logsnr_max and λ(1) = logsnr_min."""
         g = self._g_at_max + t.to(torch.float64) * self._norm
-        lam = (self._g_inv(g) + self.shift).clamp(self.logsnr_min, self.logsnr_max)
+        lam = (self._map._g_inv(g) + self.shift).clamp(self.logsnr_min, self.logsnr_max)
         # the endpoints exactly, although g's rounding in the tails cannot resolve them
         lam = torch.where(t >= 1, self.logsnr_min, torch.where(t <= 0, self.logsnr_max, lam))
         return lam.to(t.dtype)
@@ -144,7 +183,7 @@ class Schedule(ABC):
     def density(self, logsnr: Tensor) -> Tensor:
         """p(λ) = −dt/dλ, a probability density on [logsnr_min, logsnr_max] (zero outside)."""
         lam = logsnr.to(torch.float64)
-        p = -self._dg(lam - self.shift) / self._norm
+        p = -self._map._dg(lam - self.shift) / self._norm
         inside = (lam >= self.logsnr_min) & (lam <= self.logsnr_max)
         return torch.where(inside, p, torch.zeros_like(p)).to(logsnr.dtype)
 
@@ -153,18 +192,80 @@ class Schedule(ABC):
         """``n`` draws of λ ~ p(λ), shape ``[n]`` (inverse-CDF sampling of t ~ U(0, 1))."""
         return self.logsnr(stratified_uniform(n, generator, stratified=stratified, device=device)).to(dtype)
 
-    def with_endpoints(self, logsnr_min: float, logsnr_max: float) -> Schedule:
-        """The same base schedule truncated to other endpoints (renormalised)."""
-        new = copy.copy(self)
-        Schedule.__init__(new, logsnr_min, logsnr_max, self.shift)
-        return new
+    def truncated(self) -> Truncated:
+        """This schedule as a :class:`Truncated` wrapper of its base map (same endpoints and shift, the same
+        numbers); change it with ``dataclasses.replace(schedule.truncated(), logsnr_min=..., shift=...)``."""
+        return Truncated(self, self.logsnr_min, self.logsnr_max, self.shift)
+
+    def with_endpoints(self, logsnr_min: float, logsnr_max: float) -> Truncated:
+        """The same base map (and shift) truncated to other endpoints (renormalised)."""
+        return dataclasses.replace(self.truncated(), logsnr_min=logsnr_min, logsnr_max=logsnr_max)
+
+    def base_params(self) -> dict[str, float]:
+        """The base map's own parameters (none here)."""
+        return {}
 
     def params(self) -> dict[str, float]:
-        return {"logsnr_min": self.logsnr_min, "logsnr_max": self.logsnr_max, "shift": self.shift}
+        return self.base_params() | {"logsnr_min": self.logsnr_min, "logsnr_max": self.logsnr_max,
+                                     "shift": self.shift}
+
+    def _kind(self) -> str:
+        """The class name the repr shows (a :class:`Truncated` shows its base's)."""
+        return type(self).__name__
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={v:g}" for k, v in self.params().items())
-        return f"{type(self).__name__}({inner})"
+        return f"{self._kind()}({inner})"
+
+
+class _ViaMap:
+    """``_g``, ``_dg`` and ``_g_inv`` of the base map bound to the schedule (``self._map``, set by
+    :meth:`Schedule._bind`)."""
+
+    _map: Any
+
+    def _g(self, logsnr: Tensor) -> Tensor:
+        return self._map._g(logsnr)
+
+    def _dg(self, logsnr: Tensor) -> Tensor:
+        return self._map._dg(logsnr)
+
+    def _g_inv(self, g: Tensor) -> Tensor:
+        return self._map._g_inv(g)
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Truncated(_ViaMap, Schedule):
+    r"""The base map of ``base`` truncated to [logsnr_min, logsnr_max] and shifted by ``shift`` (module
+    docstring; ``base``'s own endpoints and shift play no part). Frozen: change the endpoints or the shift
+    with :func:`dataclasses.replace`, which recomputes the normaliser Z and nothing else. A tail-accurate
+    ``base`` keeps the tail it chose when it was built (as re-truncation always has), so its numbers can
+    differ from a fresh ``type(base)(..., logsnr_min, logsnr_max, shift)`` in the last bits; for every other
+    map they are the same bit for bit."""
+
+    base: Schedule
+    logsnr_min: float = LOGSNR_MIN
+    logsnr_max: float = LOGSNR_MAX
+    shift: float = 0.0
+
+    def __post_init__(self) -> None:
+        base = self.base.base if isinstance(self.base, Truncated) else self.base
+        object.__setattr__(self, "base", base)
+        # the tail of a tail-accurate map stays the one chosen when ``base`` was built
+        base._bind(self, self.logsnr_min, self.logsnr_max, self.shift, base._map)
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.base.name
+
+    def truncated(self) -> Truncated:
+        return self
+
+    def base_params(self) -> dict[str, float]:
+        return self.base.base_params()
+
+    def _kind(self) -> str:
+        return self.base._kind()
 
 
 class Cosine(Schedule):
@@ -202,7 +303,7 @@ class LinearLogSNR(Schedule):
         return -g
 
 
-class _TailAccurate(Schedule):
+class _TailAccurate(_ViaMap, Schedule):
     r"""A schedule given by a distribution of λ with CDF F, survival S = 1 − F and density f.
 
     The base map is g = S in the upper tail and g = −F in the lower one (both decreasing; only differences
@@ -230,21 +331,27 @@ class _TailAccurate(Schedule):
     def _isf(self, q: Tensor) -> Tensor:
         """S^{-1}(q), accurate for small q."""
 
-    def __init__(self, logsnr_min: float, logsnr_max: float, shift: float):
-        lo, hi = float(logsnr_min) - float(shift), float(logsnr_max) - float(shift)
+    def _branch(self, lo: float, hi: float) -> _Tail:
         mid = torch.tensor(0.0 if not (math.isfinite(lo) and math.isfinite(hi)) else 0.5 * (lo + hi),
                            dtype=torch.float64)
-        self._upper = bool(self._cdf(mid) >= self._sf(mid))
-        super().__init__(logsnr_min, logsnr_max, shift)
+        return _Tail(self, bool(self._cdf(mid) >= self._sf(mid)))
 
-    def _g(self, logsnr):
-        return self._sf(logsnr) if self._upper else -self._cdf(logsnr)
 
-    def _dg(self, logsnr):
-        return -self._pdf(logsnr)
+@dataclass(frozen=True)
+class _Tail:
+    """The base map of a :class:`_TailAccurate` schedule in one tail: g = S (``upper``) or g = −F."""
 
-    def _g_inv(self, g):
-        return self._isf(g) if self._upper else self._ppf(-g)
+    dist: _TailAccurate
+    upper: bool
+
+    def _g(self, logsnr: Tensor) -> Tensor:
+        return self.dist._sf(logsnr) if self.upper else -self.dist._cdf(logsnr)
+
+    def _dg(self, logsnr: Tensor) -> Tensor:
+        return -self.dist._pdf(logsnr)
+
+    def _g_inv(self, g: Tensor) -> Tensor:
+        return self.dist._isf(g) if self.upper else self.dist._ppf(-g)
 
 
 class _Symmetric(_TailAccurate):
@@ -311,8 +418,8 @@ class NormalLogSNR(_Symmetric):
         self.mean, self.std = float(mean), float(std)
         super().__init__(mean, std, logsnr_min, logsnr_max, shift, "std")
 
-    def params(self):
-        return {"mean": self.mean, "std": self.std, **super().params()}
+    def base_params(self):
+        return {"mean": self.mean, "std": self.std}
 
 
 class Laplace(_Symmetric):
@@ -338,8 +445,8 @@ class Laplace(_Symmetric):
     def _std_ppf(q):
         return torch.where(q < 0.5, torch.log(2 * q.clamp(1e-300, 0.5)), -torch.log(2 * (1 - q).clamp(1e-300, 0.5)))
 
-    def params(self):
-        return {"mu": self.loc, "b": self.scale, **super().params()}
+    def base_params(self):
+        return {"mu": self.loc, "b": self.scale}
 
 
 class Cauchy(_Symmetric):
@@ -364,8 +471,8 @@ class Cauchy(_Symmetric):
     def _std_ppf(q):
         return -1.0 / torch.tan(math.pi * q)
 
-    def params(self):
-        return {"mu": self.loc, "gamma": self.scale, **super().params()}
+    def base_params(self):
+        return {"mu": self.loc, "gamma": self.scale}
 
 
 class LogLogistic(_Symmetric):
@@ -392,8 +499,8 @@ class LogLogistic(_Symmetric):
     def _std_ppf(q):
         return torch.logit(q)
 
-    def params(self):
-        return {"loc": self.loc_sigma, "scale": self.scale_sigma, **super().params()}
+    def base_params(self):
+        return {"loc": self.loc_sigma, "scale": self.scale_sigma}
 
 
 class SplitLogNormal(_TailAccurate):
@@ -443,11 +550,11 @@ class SplitLogNormal(_TailAccurate):
         below = self._m + self._c * _std_normal_ppf(((1 - q) / (2 * low)).clamp(max=0.5))
         return torch.where(q < self._mass_up, above, below)
 
-    def params(self):
-        return {"loc": self.loc, "scale_1": self.scale_1, "scale_2": self.scale_2, **super().params()}
+    def base_params(self):
+        return {"loc": self.loc, "scale_1": self.scale_1, "scale_2": self.scale_2}
 
 
-class Flow(Schedule):
+class FlowUniformT(Schedule):
     r"""Rectified flow with uniform :math:`t_{RF}`: :math:`t_{RF} = \mathrm{sigmoid}(-\lambda/2)`,
     :math:`p(\lambda) = \tfrac18\mathrm{sech}^2(\lambda/4)` before truncation (derived; docs/theory.md, "Schedules")."""
 
@@ -552,8 +659,8 @@ class SD3Mode(Schedule):
         u = (-g).clamp(0.0, 1.0)
         return 2.0 * (torch.log(self._f(u)) - torch.log(self._f(1.0 + g.clamp(-1.0, 0.0))))
 
-    def params(self):
-        return {"scale": self.scale, **super().params()}
+    def base_params(self):
+        return {"scale": self.scale}
 
 
 class InterpolatedCosine(Schedule):
@@ -597,8 +704,8 @@ class InterpolatedCosine(Schedule):
     def _dg(self, logsnr):
         return 1.0 / self._dlogsnr_dtau(self._g(logsnr.detach()))
 
-    def params(self):
-        return {"shift_lo": self.shift_lo, "shift_hi": self.shift_hi, **super().params()}
+    def base_params(self):
+        return {"shift_lo": self.shift_lo, "shift_hi": self.shift_hi}
 
 
 REGISTRY: Registry[Schedule] = Registry("schedule", infinite=("logsnr_min", "logsnr_max"))
@@ -630,7 +737,7 @@ def _edm(p_mean: float = -1.2, p_std: float = 1.2, logsnr_min: float = LOGSNR_MI
 
 @REGISTRY.register("flow", "rectified flow, uniform t_RF = sigmoid(−λ/2)")
 def _flow(logsnr_min: float = LOGSNR_MIN, logsnr_max: float = LOGSNR_MAX, shift: float = 0.0) -> Schedule:
-    return Flow(logsnr_min, logsnr_max, shift)
+    return FlowUniformT(logsnr_min, logsnr_max, shift)
 
 
 @REGISTRY.register("logit-normal", "SD3 logit-normal t_RF: logit t ~ N(m, s²) ⇔ λ ~ N(−2m, 4s²)")
@@ -697,3 +804,7 @@ def get(name: str, **params) -> Schedule:
 
 def names() -> list[str]:
     return REGISTRY.names()
+
+
+# deprecated names (issue 11: names unique across modules); registry names are unchanged
+__getattr__ = renamed(__name__, {"Flow": "FlowUniformT"}, globals())

@@ -27,10 +27,12 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+import pydantic
 import torch
+from pydantic import BeforeValidator, StrictStr
 
 from . import evaluation, locking, objectives, phema, report, weightings
 from .errors import OptionError
@@ -71,12 +73,13 @@ class GridEntry:
     def is_monotonic(self, logsnr_min: float = -15.0, logsnr_max: float = 15.0) -> bool:
         return self.weighting().is_monotonic(logsnr_min, logsnr_max)
 
-    def overrides(self) -> list[str]:
-        out = [f"loss.weighting.{k}={v!r}" for k, v in self.weighting_params]
+    def overrides(self) -> dict[str, Any]:
+        """The entry's training-config overrides (typed values; see :func:`.training.config.apply_overrides`)."""
+        out: dict[str, Any] = {f"loss.weighting.{k}": v for k, v in self.weighting_params}
         if self.adaptive:
-            out.append("loss.adaptive.enabled=true")
+            out["loss.adaptive.enabled"] = True
         if self.uncertainty:
-            out.append("loss.uncertainty.enabled=true")
+            out["loss.uncertainty.enabled"] = True
         return out
 
 
@@ -113,41 +116,47 @@ def parse_entry(text: str) -> GridEntry:
     return entry
 
 
-@dataclass
+@tconfig.schema
 class EvalProtocol:
     """The evaluation applied to every run: ``n`` samples (seeds 0 … n−1) with ``sampler``/``steps``,
     ``metrics`` (see :data:`diffusion_objectives.evaluation.METRICS`), bits/dim on ``n_elbo`` examples of
     ``split`` with ``elbo_samples`` λ-draws each."""
 
-    metrics: list[str] = field(default_factory=lambda: ["toy", "bpd", "loss-std"])
-    n: int = 2000
-    sampler: str = "heun"
-    steps: int = 32
-    split: str = "test"
-    n_elbo: int = 512
-    elbo_samples: int = 32
+    metrics: list[StrictStr] = field(default_factory=lambda: ["toy", "bpd", "loss-std"])
+    n: tconfig.Int = 2000
+    sampler: StrictStr = "heun"
+    steps: tconfig.Int = 32
+    split: StrictStr = "test"
+    n_elbo: tconfig.Int = 512
+    elbo_samples: tconfig.Int = 32
 
 
-@dataclass
+def _override_table(value: Any) -> Any:
+    """Study overrides as a table; the list of ``KEY=VALUE`` items of older study files is read as one."""
+    return tconfig.parse_overrides(value) if isinstance(value, (list, tuple)) else value
+
+
+@tconfig.schema
 class StudyConfig:
-    """A study: ``preset`` (training preset) plus ``overrides`` (``--set`` strings shared by every run),
+    """A study: ``preset`` (training preset) plus ``overrides`` (``{dotted key: typed value}`` shared by every
+    run, see :func:`.training.config.apply_overrides`; older study files' list of ``KEY=VALUE`` items is read),
     ``steps`` and ``batch_size`` (equal compute), the grid, the seeds, the evaluation protocol and the
     number of runs trained at once (``jobs``; each run then uses ``threads`` threads). ``ema_sweep``: relative
     EMA widths σ_rel at which every run is also evaluated without retraining: the runs track EDM2's post-hoc
     EMA at :data:`TRACKED_SIGMA_RELS` (16 snapshots per run) and each width is reconstructed from the
     snapshots (:mod:`.training.posthoc`) and evaluated with the same protocol (but the loss spread)."""
 
-    preset: str = "toy2d"
-    overrides: list[str] = field(default_factory=list)
-    steps: int = 1500
-    batch_size: int = 256
-    grid: list[str] = field(default_factory=list)
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    preset: StrictStr = "toy2d"
+    overrides: Annotated[dict[StrictStr, Any], BeforeValidator(_override_table)] = field(default_factory=dict)
+    steps: tconfig.Int = 1500
+    batch_size: tconfig.Int = 256
+    grid: list[StrictStr] = field(default_factory=list)
+    seeds: list[tconfig.Int] = field(default_factory=lambda: [0, 1, 2])
     evaluation: EvalProtocol = field(default_factory=EvalProtocol)
-    jobs: int = 2
-    threads: int = 1
-    description: str = ""
-    ema_sweep: list[float] = field(default_factory=list)
+    jobs: tconfig.Int = 2
+    threads: tconfig.Int = 1
+    description: StrictStr = ""
+    ema_sweep: list[tconfig.Float] = field(default_factory=list)
 
 
 TRACKED_SIGMA_RELS = (0.05, 0.10)  # EDM2's two tracked widths
@@ -165,9 +174,9 @@ DEFAULT_GRID = ["elbo", "iddpm", "edm", "v-cosine", "flow-matching", "sigmoid:bi
 ADAPTIVE_GRID = [base + variant for base in ("sigmoid:bias=2", "edm-monotonic")
                  for variant in ("", "+adaptive", "+uncertainty", "+adaptive+uncertainty")] + ["laplace", "sd3"]
 
-_TOY_OVERRIDES = ["data.name=anisotropic", "network.params.hidden=128", "network.params.depth=3",
-                  "optim.lr=2e-3", "optim.warmup_images=50000", "ema.half_life_images=100000",
-                  "run.checkpoint_every=0", "run.sample_every=0", "run.log_every=50", "run.precision=fp32"]
+_TOY_OVERRIDES = {"data.name": "anisotropic", "network.params.hidden": 128, "network.params.depth": 3,
+                  "optim.lr": 2e-3, "optim.warmup_images": 50000, "ema.half_life_images": 100000,
+                  "run.checkpoint_every": 0, "run.sample_every": 0, "run.log_every": 50, "run.precision": "fp32"}
 
 
 def _default() -> StudyConfig:
@@ -175,7 +184,7 @@ def _default() -> StudyConfig:
     # steps/s on an avx512_bf16 CPU), and the study compares objectives to a hundredth of a nat.
     return StudyConfig(
         preset="toy2d",
-        overrides=list(_TOY_OVERRIDES),
+        overrides=dict(_TOY_OVERRIDES),
         steps=1500, batch_size=256, grid=list(DEFAULT_GRID), seeds=[0, 1, 2],
         evaluation=EvalProtocol(metrics=["toy", "bpd", "loss-std"], n=2000, sampler="heun", steps=32,
                                 n_elbo=512, elbo_samples=32),
@@ -190,7 +199,7 @@ DIGITS_GRID = ["elbo", "iddpm", "edm", "edm-monotonic", "v-cosine", "flow-matchi
 
 def _digits() -> StudyConfig:
     return StudyConfig(
-        preset="digits", overrides=["run.checkpoint_every=250", "run.sample_every=0"], steps=500,
+        preset="digits", overrides={"run.checkpoint_every": 250, "run.sample_every": 0}, steps=500,
         batch_size=128, grid=list(DIGITS_GRID), seeds=[0, 1, 2],
         evaluation=EvalProtocol(metrics=["fd", "kid", "coverage", "bpd", "loss-std"], n=1000, sampler="heun",
                                 steps=32, n_elbo=256, elbo_samples=32),
@@ -200,7 +209,7 @@ def _digits() -> StudyConfig:
 
 def _adaptive() -> StudyConfig:
     study = _default()
-    study.overrides.append("loss.log_bins=30")  # the effective weighting is logged on these bins
+    study.overrides["loss.log_bins"] = 30  # the effective weighting is logged on these bins
     study.grid = list(ADAPTIVE_GRID)
     study.description = ("KG23's adaptive schedule (`+adaptive`) vs EDM2's learned uncertainty weighting "
                          "(`+uncertainty`) on the 2-D anisotropic two-Gaussian mixture, 3 × 128 residual MLP, "
@@ -210,7 +219,8 @@ def _adaptive() -> StudyConfig:
 
 def _adaptive_digits() -> StudyConfig:
     study = _digits()
-    study.overrides = ["run.checkpoint_every=250", "run.sample_every=0", "run.precision=fp32", "loss.log_bins=30"]
+    study.overrides = {"run.checkpoint_every": 250, "run.sample_every": 0, "run.precision": "fp32",
+                       "loss.log_bins": 30}
     study.steps, study.batch_size, study.seeds = ADAPTIVE_DIGITS_STEPS, 128, [0, 1, 2]
     study.grid = list(ADAPTIVE_GRID)
     study.evaluation = EvalProtocol(metrics=["fd", "kid", "coverage", "bpd", "loss-std"], n=500, sampler="heun",
@@ -229,13 +239,13 @@ FASHION_GRID = ["edm", "edm-monotonic", "v-cosine", "sigmoid:bias=2+adaptive"]
 # The preset's lr 5e-4 with a 200k-image warm-up suits its 20k-step (1.3 M-image) run; at this study's 128k
 # images it would keep the lr near zero for most of the run, so the study warms up over 20k images to 1e-3
 # (the digits preset's lr).
-_FASHION_OVERRIDES = ["optim.lr=1e-3", "optim.warmup_images=20000", "run.precision=auto",
-                      "run.checkpoint_every=250", "run.sample_every=0"]
+_FASHION_OVERRIDES = {"optim.lr": 1e-3, "optim.warmup_images": 20000, "run.precision": "auto",
+                      "run.checkpoint_every": 250, "run.sample_every": 0}
 
 
 def _fashion() -> StudyConfig:
     return StudyConfig(
-        preset="fashion-mnist", overrides=list(_FASHION_OVERRIDES), steps=2000, batch_size=64,
+        preset="fashion-mnist", overrides=dict(_FASHION_OVERRIDES), steps=2000, batch_size=64,
         grid=list(FASHION_GRID), seeds=[0, 1, 2],
         evaluation=EvalProtocol(metrics=["fd", "kid", "coverage", "bpd", "loss-std"], n=1000, sampler="heun",
                                 steps=32, n_elbo=128, elbo_samples=16),
@@ -246,7 +256,7 @@ def _fashion() -> StudyConfig:
 
 def _imagenet64() -> StudyConfig:
     return StudyConfig(
-        preset="imagenet64-kg23", overrides=[], steps=1_220_000, batch_size=2048,
+        preset="imagenet64-kg23", overrides={}, steps=1_220_000, batch_size=2048,
         grid=["edm", "iddpm", "v-cosine", "sigmoid:bias=-2+adaptive", "sigmoid:bias=2+adaptive",
               "edm-monotonic+adaptive"], seeds=[0],
         evaluation=EvalProtocol(metrics=["fd", "kid", "bpd"], n=50_000, sampler="heun", steps=32,
@@ -290,10 +300,10 @@ class RunTask:
 
 def run_config(study: StudyConfig, entry: GridEntry, seed: int) -> TrainConfig:
     """The training config of one run: the study's preset and overrides, the entry's objective, the seed."""
-    tracking = ([f"ema.posthoc_sigma_rels={list(TRACKED_SIGMA_RELS)}",
-                 f"ema.snapshot_every={max(1, study.steps // 16)}"] if study.ema_sweep else [])
+    tracking = ({"ema.posthoc_sigma_rels": list(TRACKED_SIGMA_RELS), "ema.snapshot_every": max(1, study.steps // 16)}
+                if study.ema_sweep else {})
     return tconfig.resolve(study.preset, objective=entry.objective, steps=study.steps, batch_size=study.batch_size,
-                           seed=seed, overrides=[*study.overrides, *tracking, *entry.overrides()])
+                           seed=seed, overrides=tconfig.merge_overrides(study.overrides, tracking, entry.overrides()))
 
 
 def validate_study(study: StudyConfig) -> list[GridEntry]:
@@ -332,7 +342,7 @@ def config_changes(study: StudyConfig, task: RunTask) -> dict[str, tuple[Any, An
     if not saved_path.is_file():
         return {}
     changes = tconfig.diff(tconfig.load_yaml(saved_path), run_config(study, task.entry, task.seed))
-    return {k: v for k, v in changes.items() if not k.startswith("debug.") and not _resolved_by_training(k, v[1])}
+    return {k: v for k, v in changes.items() if not _resolved_by_training(k, v[1])}
 
 
 def _resolved_by_training(key: str, requested: Any) -> bool:
@@ -550,5 +560,9 @@ def _report(study: StudyConfig, out: str | Path, run_tasks: list[RunTask], wall_
 
 
 def replace_fields(study: StudyConfig, **changes: Any) -> StudyConfig:
-    """A copy of ``study`` with top-level fields replaced (``None`` values are ignored)."""
-    return replace(study, **{k: v for k, v in changes.items() if v is not None})
+    """A copy of ``study`` with top-level fields replaced (``None`` values are ignored) and validated: a wrong
+    type is an OptionError naming the key."""
+    try:
+        return replace(study, **{k: v for k, v in changes.items() if v is not None})
+    except pydantic.ValidationError as exc:
+        raise tconfig.option_error(exc, StudyConfig, "study key") from None

@@ -85,5 +85,5 @@ class Tabulated(Schedule):
     def _g_inv(self, g):
         return self.logsnr_at(g * (self.num_timesteps - 1))
 
-    def params(self):
-        return {"num_timesteps": self.num_timesteps, **super().params()}
+    def base_params(self):
+        return {"num_timesteps": self.num_timesteps}

@@ -159,7 +159,7 @@ def from_diffusers(scheduler: Any = None, *, weighting_scheme: str = "none", log
         _choice(weighting_scheme, FLOW_SCHEMES, "weighting_scheme")
         density = _flow_density(weighting_scheme, logit_mean, logit_std, mode_scale, _flow_shift(sched))
         c = {"sigma_sqrt": SIGMA_SQRT, "cosmap": COSMAP}.get(weighting_scheme)
-        param = parameterizations.X() if precondition_outputs else parameterizations.Flow()
+        param = parameterizations.X() if precondition_outputs else parameterizations.FlowVelocity()
         return objectives.from_published(density, c, param, name="diffusers", citation=DIFFUSERS_CITATION)
     if weighting_scheme != "none" or precondition_outputs:
         raise OptionError("weighting_scheme and precondition_outputs apply to flow-matching schedulers "
@@ -265,7 +265,7 @@ def from_k_diffusion(sigma_sample_density: dict, *, loss_weighting: str = "karra
          "soft-min-snr": LossWeight(f"(σ σ_d)²/(σ² + σ_d²)², σ_d = {sigma_data:g}",
                                     lambda lam: torch.exp(-lam) * sd2 / (torch.exp(-lam) + sd2) ** 2),
          }[_choice(loss_weighting, KD_WEIGHTINGS, "loss_weighting")]
-    return objectives.from_published(density, c, parameterizations.EDM(sigma_data), name="k-diffusion",
+    return objectives.from_published(density, c, parameterizations.EDMPrecond(sigma_data), name="k-diffusion",
                                      citation=cite)
 
 
@@ -354,7 +354,8 @@ def from_kohya(*, timestep_sampling: str | None = None, discrete_flow_shift: flo
                       "(flux_train_network.py post_process_loss returns the loss unchanged)", UserWarning, stacklevel=2)
     density = _kohya_flow_density(timestep_sampling, sigmoid_scale, discrete_flow_shift, image_seq_len,
                                   ("none" if scheme == "uniform" else scheme, logit_mean, logit_std, mode_scale))
-    return objectives.from_published(density, c, parameterizations.Flow(), name="kohya", citation=KOHYA_CITATION)
+    return objectives.from_published(density, c, parameterizations.FlowVelocity(), name="kohya",
+                                     citation=KOHYA_CITATION)
 
 
 # ---- EDM / EDM2 -------------------------------------------------------------------------------------------
@@ -377,7 +378,8 @@ def from_edm(kind: str = "edm", *, P_mean: float | None = None, P_std: float | N
         default = (-1.2, 1.2) if kind == "edm" else (-0.4, 1.0)
         p_mean, p_std = default[0] if P_mean is None else P_mean, default[1] if P_std is None else P_std
         density = schedules.get("edm", p_mean=p_mean, p_std=p_std, logsnr_min=-_INF, logsnr_max=_INF)
-        return objectives.from_published(density, None, parameterizations.EDM(sigma_data), name=kind, citation=cite)
+        return objectives.from_published(density, None, parameterizations.EDMPrecond(sigma_data), name=kind,
+                                         citation=cite)
     if P_mean is not None or P_std is not None:
         raise OptionError(f"P_mean and P_std apply to the edm and edm2 losses, not {kind!r}")
     inv_sigma2 = LossWeight("1/σ² (on D)", torch.exp)

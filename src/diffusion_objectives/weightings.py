@@ -5,7 +5,7 @@ r"""Weighting functions w(λ): the weighting alone defines a diffusion objective
 Every weighting can be translated along λ by ``shift`` s: w_s(λ) = w(λ − s) (resolution shifts,
 docs/theory.md, "Schedules"). Constants are the exact ones obtained from each published loss through
 w = 2·p·c·k (docs/theory.md, "Converting a published loss"), with p the *untruncated* published
-density; see :func:`from_published`.
+density; see :func:`published_weighting`.
 Functions are written with ``logsigmoid``/``logaddexp`` so that values and gradients stay finite on
 [λ_min, λ_max] in float32 and float64.
 """
@@ -20,6 +20,7 @@ import torch
 from scipy import optimize
 from torch import Tensor
 
+from ._deprecation import renamed
 from .errors import OptionError
 from .registry import Registry
 
@@ -27,7 +28,7 @@ __all__ = [
     "Weighting",
     "Elbo",
     "Sigmoid",
-    "EDM",
+    "EDMWeighting",
     "EpsCosine",
     "VCosine",
     "FlowWeighting",
@@ -42,13 +43,20 @@ __all__ = [
     "Published",
     "MonotoneEnvelope",
     "monotone_envelope",
-    "from_published",
+    "published_weighting",
     "REGISTRY",
     "get",
     "names",
 ]
 
 _LOG_2PI = math.log(2 * math.pi)
+
+
+def _positive(name: str, value: float) -> float:
+    """``value`` as a float, or a ValueError naming the parameter ``name`` unless it is positive."""
+    if not value > 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return float(value)
 
 
 def _log_sech(x: Tensor) -> Tensor:
@@ -127,7 +135,7 @@ class Sigmoid(Weighting):
         return {"bias": self.bias, **super().params()}
 
 
-class EDM(Weighting):
+class EDMWeighting(Weighting):
     r"""EDM22's loss as a weighting (σ_d = sigma_data, ln σ_VE ~ N(p_mean, p_std²), F-target):
     :math:`w = 2\,N(\lambda; -2P_{mean}, 4P_{std}^2)\,(e^{-\lambda} + \sigma_d^2)/\sigma_d^2`;
     with the defaults, exactly 8 N(λ; 2.4, 2.4²)(e^{−λ} + 0.25) (docs/theory.md, "Converting a published loss")."""
@@ -136,9 +144,8 @@ class EDM(Weighting):
 
     def __init__(self, p_mean: float = -1.2, p_std: float = 1.2, sigma_data: float = 0.5, shift: float = 0.0):
         super().__init__(shift)
-        if not (p_std > 0 and sigma_data > 0):
-            raise ValueError("p_std and sigma_data must be positive")
-        self.p_mean, self.p_std, self.sigma_data = float(p_mean), float(p_std), float(sigma_data)
+        self.p_mean, self.p_std = float(p_mean), _positive("p_std", p_std)
+        self.sigma_data = _positive("sigma_data", sigma_data)
 
     def _log_w(self, logsnr):
         log_sd2 = 2 * math.log(self.sigma_data)
@@ -183,9 +190,7 @@ class SD3(Weighting):
 
     def __init__(self, m: float = 0.0, s: float = 1.0, shift: float = 0.0):
         super().__init__(shift)
-        if not s > 0:
-            raise ValueError("s must be positive")
-        self.m, self.s = float(m), float(s)
+        self.m, self.s = float(m), _positive("s", s)
 
     def _log_w(self, logsnr):
         log_k = 2 * torch.nn.functional.softplus(-0.5 * logsnr)  # log (1 + e^{−λ/2})²
@@ -202,9 +207,7 @@ class MinSNR(Weighting):
 
     def __init__(self, gamma: float = 5.0, shift: float = 0.0):
         super().__init__(shift)
-        if not gamma > 0:
-            raise ValueError("gamma must be positive")
-        self.gamma = float(gamma)
+        self.gamma = _positive("gamma", gamma)
 
     def _log_w(self, logsnr):
         clip = torch.clamp(math.log(self.gamma) - logsnr, max=0.0)
@@ -268,9 +271,7 @@ class SoftMinSNR(Weighting):
 
     def __init__(self, sigma_data: float = 0.5, shift: float = 0.0):
         super().__init__(shift)
-        if not sigma_data > 0:
-            raise ValueError(f"sigma_data must be positive, got {sigma_data}")
-        self.sigma_data = float(sigma_data)
+        self.sigma_data = _positive("sigma_data", sigma_data)
 
     def _log_w(self, logsnr):
         return torch.nn.functional.logsigmoid(-2 * math.log(self.sigma_data) - logsnr)
@@ -286,9 +287,7 @@ class P2(Weighting):
 
     def __init__(self, gamma: float = 1.0, k: float = 1.0, shift: float = 0.0):
         super().__init__(shift)
-        if not k > 0:
-            raise ValueError("k must be positive")
-        self.gamma, self.k = float(gamma), float(k)
+        self.gamma, self.k = float(gamma), _positive("k", k)
 
     def _log_w(self, logsnr):
         log_k_plus_snr = torch.logaddexp(torch.full_like(logsnr, math.log(self.k)), logsnr)
@@ -339,7 +338,7 @@ class Published(Weighting):
         return 2 * self.schedule.density(logsnr) * c * self.parameterization.loss_factor(logsnr)
 
 
-def from_published(density, loss_weight, parameterization) -> Weighting:
+def published_weighting(density, loss_weight, parameterization) -> Weighting:
     """Convert a published loss (sampling density, per-sample loss weight c(λ), prediction target) to w(λ)."""
     return Published(density, loss_weight, parameterization)
 
@@ -398,7 +397,7 @@ class EDMMonotonic(MonotoneEnvelope):
     name, formula = "edm-monotonic", "w = max_{λ' ≥ λ} w_EDM(λ')"
 
     def __init__(self, p_mean: float = -1.2, p_std: float = 1.2, sigma_data: float = 0.5, shift: float = 0.0):
-        super().__init__(EDM(p_mean, p_std, sigma_data))
+        super().__init__(EDMWeighting(p_mean, p_std, sigma_data))
         self.shift = float(shift)
 
     def params(self):
@@ -406,7 +405,7 @@ class EDMMonotonic(MonotoneEnvelope):
 
 
 REGISTRY: Registry[Weighting] = Registry("weighting")
-for _cls in (Elbo, Sigmoid, EDM, EDMMonotonic, EpsCosine, VCosine, FlowWeighting, SD3, MinSNR, P2, InDI, DDPM,
+for _cls in (Elbo, Sigmoid, EDMWeighting, EDMMonotonic, EpsCosine, VCosine, FlowWeighting, SD3, MinSNR, P2, InDI, DDPM,
              MinSNRV, Debiased, SoftMinSNR):
     REGISTRY.add(_cls.name, _cls, _cls.formula)
 
@@ -418,3 +417,7 @@ def get(name: str, **params) -> Weighting:
 
 def names() -> list[str]:
     return REGISTRY.names()
+
+
+# deprecated names (issue 11: names unique across modules); registry names are unchanged
+__getattr__ = renamed(__name__, {"EDM": "EDMWeighting", "from_published": "published_weighting"}, globals())

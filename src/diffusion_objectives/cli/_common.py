@@ -1,4 +1,7 @@
-"""What the ``diffobj`` commands share: output-path checks, atomic and all-or-nothing writes, number parsing.
+"""What the ``diffobj`` commands share: output-path checks, atomic and all-or-nothing writes, number and seed
+parsing, the translation of library errors (which name the library's parameters) into messages that name
+the command-line flags (:func:`flags`), the shared arguments, and the weighting plots of ``weightings`` and
+``explain``. Commands import this module, never each other.
 
 Every command that writes checks its output up front with :func:`check_output_dir` (a directory it
 creates or writes into) or :func:`check_output_path` (one file), before any work is done, so a bad path is a
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import io
 import json
 import math
 import os
@@ -29,15 +33,23 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import locking
+import torch
+
+from .. import locking, objectives, samplers
 from ..errors import OptionError
+from ..schedules import Schedule
+from ..theory import augmentation_density
+from ..weightings import Weighting
 
 __all__ = ["check_output_dir", "check_output_path", "write_atomic", "write_json", "staged_dir", "finite_float",
-           "NAME_MAX", "add_checkpoint_arguments", "load_checkpoint", "checkpoint_info", "progress_bar",
-           "resolve_seeds", "check_resources", "sample_bytes", "ELBO_BYTES_PER_DRAW", "run_dir", "eval_dir", "hold_run"]
+           "NAME_MAX", "add_checkpoint_argument", "add_checkpoint_arguments", "load_checkpoint", "checkpoint_info",
+           "progress_bar", "resolve_seeds", "check_resources", "sample_bytes", "ELBO_BYTES_PER_DRAW", "run_dir",
+           "eval_dir", "hold_run", "SEED_MAX", "seed_ranges", "parse_seeds", "flags", "add_command",
+           "add_sampling_arguments", "PLOT_FORMATS", "Resolved", "plot", "print_augmentation"]
 
 NAME_MAX = 255  # bytes per path component on Linux, macOS and Windows file systems
 
@@ -195,13 +207,18 @@ def finite_float(text: str) -> float:
 
 # ---- commands that read a checkpoint: sample, elbo, evaluate ---------------------------------------------
 
-def add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
-    """The positional RUN_OR_CHECKPOINT, --ema/--no-ema, --device and --no-progress."""
+def add_checkpoint_argument(p: argparse.ArgumentParser, verb: str = "use") -> None:
+    """The positional RUN_OR_CHECKPOINT and --ema/--no-ema (``verb`` the EMA weights or the raw ones)."""
     p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT",
                    help="a run directory (its newest complete checkpoint), its checkpoints/ directory or one "
                         "checkpoint directory (checkpoints/step-NNNNNNNN)")
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
-                   help="use the EMA weights (default) or the raw weights (--no-ema)")
+                   help=f"{verb} the EMA weights (default) or the raw weights (--no-ema)")
+
+
+def add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
+    """The positional RUN_OR_CHECKPOINT, --ema/--no-ema, --device, --no-progress and --data."""
+    add_checkpoint_argument(p)
     p.add_argument("--device", default="cpu", metavar="{cpu,cuda,auto}",
                    help="device for the model (default cpu; auto: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -256,14 +273,90 @@ def progress_bar(args: argparse.Namespace) -> Callable[[str, int], Any] | None:
                                     leave=False)
 
 
+# ---- the library/command-line boundary ----------------------------------------------------------------------
+
+@contextlib.contextmanager
+def flags(**options: str) -> Iterator[None]:
+    """Translate the library's errors raised inside the block: a ``ValueError`` whose message begins with a
+    library parameter ``name`` (``samples (λ-draws per example) must be …``) becomes an :class:`OptionError`
+    beginning with its flag ``options[name]`` (``--samples (λ-draws …``); other errors pass unchanged.
+
+    ``with flags(samples="--samples"): check_elbo_samples(args.samples)``."""
+    try:
+        yield
+    except ValueError as exc:
+        text = str(exc)
+        for name, option in options.items():
+            if text.startswith(name) and not text[len(name):len(name) + 1].isidentifier():
+                raise OptionError(option + text[len(name):]) from None
+        raise
+
+
+def add_command(sub: argparse._SubParsersAction, name: str, help: str, module,
+                checkpoint: bool = False) -> argparse.ArgumentParser:
+    """The sub-command ``name`` whose ``--help`` shows ``module``'s docstring and its ``EXAMPLES``; with
+    ``checkpoint``, it reads a checkpoint (:func:`add_checkpoint_arguments`)."""
+    p = sub.add_parser(name, help=help, description=module.__doc__, epilog=module.EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    if checkpoint:
+        add_checkpoint_arguments(p)
+    return p
+
+
+def add_sampling_arguments(p: argparse.ArgumentParser, guidance_help: str, default_n: int) -> None:
+    """--n, --seeds, --sampler, --steps, --grid, --guidance and --batch-size (``diffobj sample`` and
+    ``evaluate``; ``default_n`` samples without --n and --seeds)."""
+    p.add_argument("--n", type=int, default=None, help=f"number of samples, seeds 0 … n−1 (default {default_n})")
+    p.add_argument("--seeds", default=None, help="seeds, e.g. 0-63 or 1,5,9-11 (must agree with --n)")
+    p.add_argument("--sampler", default="heun", choices=samplers.names(), help="sampler (default heun)")
+    p.add_argument("--steps", type=int, default=32, help="grid points (default 32; Heun makes 2·steps − 1 "
+                                                         "network evaluations)")
+    p.add_argument("--grid", default=None, choices=samplers.GRIDS.names(),
+                   help="λ-grid (default: edm for every sampler)")
+    p.add_argument("--guidance", type=finite_float, default=0.0, help=guidance_help)
+    p.add_argument("--batch-size", type=int, default=256, help="samples per network batch (default 256; "
+                                                               "does not change the samples)")
+
+
+# ---- seeds: EDM's syntax -------------------------------------------------------------------------------------
+
+SEED_MAX = 2**63 - 1  # seeds are int64 in samples.npz and torch.Generator.manual_seed
+
+
+def seed_ranges(text: str, option: str = "--seeds") -> list[range]:
+    """EDM's seed syntax as ranges, without building the list: ``"1,5,9-11"`` → ``[range(1, 2), range(5, 6),
+    range(9, 12)]``. Each seed must lie in 0 … :data:`SEED_MAX`; errors name ``option``. The inverse of
+    :func:`diffusion_objectives.metrics.format_seeds`, which writes the seeds of results in this syntax."""
+    ranges: list[range] = []
+    for part in filter(None, str(text).split(",")):
+        lo, sep, hi = part.strip().partition("-")
+        try:
+            a = int(lo)
+            b = int(hi) if sep else a
+        except ValueError:
+            raise OptionError(f"{option}: expected ranges like 0-63 or 1,5,9-11, got {text!r}") from None
+        if b < a or a < 0:
+            raise OptionError(f"{option}: bad range {part!r} in {text!r}")
+        if b > SEED_MAX:
+            raise OptionError(f"{option}: seed {b} in {text!r} is too large; seeds lie in 0 … {SEED_MAX} (2^63 − 1)")
+        ranges.append(range(a, b + 1))
+    if not ranges:
+        raise OptionError(f"{option}: no seeds in {text!r}")
+    return ranges
+
+
+def parse_seeds(text: str, option: str = "--seeds") -> list[int]:
+    """EDM's seed syntax: ``"0-63"``, ``"1,5,9-11"`` → list of ints (errors name ``option``); see
+    :func:`seed_ranges`, which counts a request without building it."""
+    return [s for r in seed_ranges(text, option) for s in r]
+
+
 def resolve_seeds(n: int | None, seeds: str | None, default_n: int,
                   bytes_per_seed: Callable[[int], None] | None = None) -> list[int]:
     """Seeds from ``--seeds`` and/or ``--n`` (``--n`` alone: 0 … n−1); both given must agree.
 
     The request is counted before the list is built; ``bytes_per_seed(count)`` may refuse it (see
     :func:`check_resources`), so ``--seeds 0-1000000000`` never allocates a billion integers."""
-    from ..evaluation import SEED_MAX, seed_ranges
-
     if n is not None and not 1 <= n <= SEED_MAX + 1:
         raise OptionError(f"--n must be a positive number of samples (at most 2^63), got {n}")
     ranges = [range(default_n if n is None else n)] if seeds is None else seed_ranges(seeds)
@@ -344,3 +437,74 @@ def hold_run(loaded, out: Path, command: str) -> contextlib.AbstractContextManag
     if not Path(os.path.abspath(out)).is_relative_to(os.path.abspath(run)):
         return contextlib.nullcontext()
     return locking.hold(run, command)
+
+
+# ---- weighting plots and the augmentation printout: ``diffobj weightings`` and ``diffobj explain`` -----------
+
+PLOT_FORMATS = (".png", ".pdf", ".svg")
+
+
+@dataclass
+class Resolved:
+    """A weighting as plotted: its label, the weighting, the schedule p(λ) and its objective preset, if any."""
+
+    label: str
+    weighting: Weighting
+    schedule: Schedule
+    objective: objectives.Objective | None
+
+
+def print_augmentation(weighting: Weighting, lo: float, hi: float) -> None:
+    """Print whether ``weighting`` is monotone on [lo, hi] and, if so, its augmentation distribution p_w."""
+    monotone = weighting.is_monotonic(lo, hi)
+    print(f"  monotone on [{lo:g}, {hi:g}]: {'yes' if monotone else 'no'}")
+    grid = torch.linspace(lo, hi, 30001, dtype=torch.float64)
+    if not monotone:
+        w = weighting(grid)
+        print(f"  peak at λ = {float(grid[w.argmax()]):.4f}: not an ELBO of augmented data "
+              "(a signed combination of ELBOs, KG23 §4)")
+        return
+    aug = augmentation_density(weighting, grid, lo, hi)
+    mass = torch.cumsum(aug.density, 0) * (grid[1] - grid[0])
+    cont = float(mass[-1])
+    print("  augmentation distribution p_w(λ) = −w'(λ)/w(λ_min), plus a point mass at λ_max:")
+    print(f"    continuous part mass {cont:.6f}, point mass at λ_max = {aug.point_mass:.6f}")
+    if cont > 1e-9:
+        quant = [float(grid[torch.searchsorted(mass, q * mass[-1])]) for q in (0.05, 0.25, 0.5, 0.75, 0.95)]
+        mean = float((grid * aug.density).sum() * (grid[1] - grid[0])) / cont
+        print(f"    continuous part: mean λ {mean:.4f}; quantiles 5/25/50/75/95%: "
+              + ", ".join(f"{q:.3f}" for q in quant))
+
+
+def plot(resolved: list[Resolved], lo: float, hi: float, out: Path) -> None:
+    """w(λ)/max w, p(λ) and (monotone ones) the augmentation density p_w of each entry, on one λ axis, written
+    atomically to ``out`` (already checked with ``check_output_path(..., formats=PLOT_FORMATS)``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = torch.linspace(lo, hi, 2001, dtype=torch.float64)
+    fig, axes = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
+    for r in resolved:
+        w = r.weighting(grid)
+        axes[0].plot(grid, w / w.max(), label=r.label)
+        axes[1].plot(grid, r.schedule.density(grid), label=f"{r.label} ({r.schedule.name})")
+        if r.weighting.is_monotonic(lo, hi):
+            aug = augmentation_density(r.weighting, grid, lo, hi)
+            axes[2].plot(grid, aug.density, label=f"{r.label} (+ mass {aug.point_mass:.2g} at λ_max)")
+    axes[0].set_ylabel("w(λ) / max w")
+    axes[1].set_ylabel("schedule p(λ)")
+    axes[2].set_ylabel("augmentation p_w(λ)")
+    axes[2].set_xlabel("log-SNR λ  (noise ←  → data)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    axes[2].set_title("monotone weightings only", fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format=out.suffix.lower()[1:], dpi=120)
+    plt.close(fig)
+    write_atomic(out, buf.getvalue())
+    print(f"wrote {out}")

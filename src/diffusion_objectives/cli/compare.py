@@ -18,6 +18,7 @@ import yaml
 from .. import launchers as L
 from .. import study as S
 from ..errors import OptionError
+from ..training import config as tconfig
 from ._common import check_output_dir
 
 EXAMPLES = """examples:
@@ -38,14 +39,12 @@ _SLURM_FLAGS = ("slurm_partition", "slurm_gpus_per_run", "slurm_time", "slurm_cp
 
 
 def _load_config(path: str, base: S.StudyConfig) -> S.StudyConfig:
+    """``base`` with the fields of the YAML (or JSON: ``OUT/study.json``) study file ``path``; its ``overrides``
+    are a mapping ``{key: value}`` or, as in older study files, a list of ``KEY=VALUE`` items."""
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except OSError as exc:
-        raise OptionError(f"--config: cannot read {path!r}: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise OptionError(f"--config: {path!r} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise OptionError(f"--config: {path!r} must hold a mapping of study fields")
+        data = tconfig.load_yaml(path)
+    except OptionError as exc:
+        raise OptionError(f"--config: {exc}") from None
     top = {f.name for f in fields(S.StudyConfig)}
     unknown = sorted(set(data) - top)
     if unknown:
@@ -58,12 +57,15 @@ def _load_config(path: str, base: S.StudyConfig) -> S.StudyConfig:
             raise OptionError(f"--config {path!r}: unknown evaluation key(s) "
                               f"{', '.join(sorted(set(ev) - allowed)) if isinstance(ev, dict) else ev}; "
                               f"allowed: {', '.join(sorted(allowed))}")
-        changes["evaluation"] = S.EvalProtocol(**{**vars(base.evaluation), **ev})
-    return S.replace_fields(base, **changes)
+        changes["evaluation"] = {**asdict(base.evaluation), **ev}
+    try:
+        return S.replace_fields(base, **changes)
+    except OptionError as exc:
+        raise OptionError(f"--config {path!r}: {exc}") from None
 
 
 def _seeds(text: str) -> list[int]:
-    from ..evaluation import parse_seeds
+    from ._common import parse_seeds
 
     return parse_seeds(text)
 
@@ -87,6 +89,13 @@ def _ema_sweep(text: str) -> list[float]:
         raise OptionError(f"--ema-sweep: expected comma-separated relative widths, got {text!r}") from None
 
 
+def _set(items: list[str]) -> dict:
+    try:
+        return tconfig.parse_overrides(items)
+    except OptionError as exc:
+        raise OptionError(f"--set: {exc}") from None
+
+
 def resolve(args) -> S.StudyConfig:
     """The study from the preset, ``--config`` and the flags, validated as a real run validates it."""
     study = S.study_preset(args.preset)
@@ -97,7 +106,7 @@ def resolve(args) -> S.StudyConfig:
         "seeds": _seeds(args.seeds) if args.seeds else None,
         "steps": args.steps, "batch_size": args.batch_size, "jobs": args.jobs,
         "ema_sweep": _ema_sweep(args.ema_sweep) if args.ema_sweep else None,
-        "overrides": [*study.overrides, *args.set] if args.set else None,
+        "overrides": tconfig.merge_overrides(study.overrides, _set(args.set)) if args.set else None,
     }
     study = S.replace_fields(study, **changes)
     if args.n is not None:
@@ -187,7 +196,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="default", help="study preset: " + ", ".join(S.STUDY_PRESETS)
                    + " (default: default)")
     p.add_argument("--config", help="YAML file with StudyConfig fields (preset, overrides, steps, batch_size, "
-                   "grid, seeds, evaluation, jobs, threads)")
+                   "grid, seeds, evaluation, jobs, threads); overrides: a mapping {key: value} of training-config "
+                   "keys, or a list of KEY=VALUE items")
     p.add_argument("--grid", help="comma-separated entries NAME[:key=value...][+adaptive][+uncertainty]")
     p.add_argument("--ema-sweep", metavar="LIST",
                    help="also evaluate every run at these relative EMA widths σ_rel (e.g. 0.05,0.1,0.15), "

@@ -22,16 +22,19 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import io
+import sys
 from pathlib import Path
 
+from .. import evaluation as E
 from ..errors import OptionError
 from ._common import (
     ELBO_BYTES_PER_DRAW,
-    add_checkpoint_arguments,
+    add_command,
     check_output_dir,
     check_resources,
     checkpoint_info,
     eval_dir,
+    flags,
     hold_run,
     load_checkpoint,
     progress_bar,
@@ -89,8 +92,8 @@ def plot_png(summary: dict, title: str) -> bytes:
 def run(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise OptionError(f"--n must be a positive number of examples, got {args.n}")
-    if args.samples < 8 or args.samples % 8:
-        raise OptionError(f"--samples (λ-draws per example) must be a positive multiple of 8, got {args.samples}")
+    with flags(samples="--samples"):
+        E.check_elbo_samples(args.samples)
     if args.batch_size < 1:
         raise OptionError(f"--batch-size must be positive, got {args.batch_size}")
     out = check_output_dir(args.out) if args.out is not None else None
@@ -103,9 +106,8 @@ def run(args: argparse.Namespace) -> int:
 def _elbo(args: argparse.Namespace, loaded, out: Path) -> int:
     import torch
 
-    from .. import evaluation as E
-
-    x, labels, levels = E.elbo_examples(loaded, args.split, args.n)
+    with flags(n="--n"):
+        x, labels, levels = E.elbo_examples(loaded, args.split, args.n)
     check_resources("--samples", f"{x.shape[0]} examples x {args.samples} λ-draws",
                     memory=x.shape[0] * args.samples * ELBO_BYTES_PER_DRAW)
     with torch.no_grad():
@@ -134,9 +136,8 @@ def _elbo(args: argparse.Namespace, loaded, out: Path) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("elbo", help="bits/dim (−ELBO) of held-out data with its terms and its split over λ",
-                       description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_checkpoint_arguments(p)
+    p = add_command(sub, "elbo", "bits/dim (−ELBO) of held-out data with its terms and its split over λ",
+                    sys.modules[__name__], checkpoint=True)
     p.add_argument("--split", default="test", help="dataset split (default test)")
     p.add_argument("--n", type=int, default=1000, help="examples (default 1000, capped at the split's size)")
     p.add_argument("--samples", type=int, default=32,

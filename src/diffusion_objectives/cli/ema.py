@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 from safetensors.torch import save
@@ -31,7 +32,7 @@ from safetensors.torch import save
 from .. import phema
 from ..errors import OptionError
 from ..training import posthoc
-from ._common import check_output_dir, staged_dir, write_atomic
+from ._common import add_command, check_output_dir, staged_dir, write_atomic
 
 EXAMPLES = """examples:
   diffobj ema runs/toy/phema --sigma-rel 0.05,0.10,0.15 --out runs/toy/ema
@@ -110,8 +111,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("ema", help="post-hoc EMA: reconstruct power-function EMAs of any width from snapshots",
-                       description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(sub, "ema", "post-hoc EMA: reconstruct power-function EMAs of any width from snapshots",
+                    sys.modules[__name__])
     p.add_argument("snapshot_dir", metavar="SNAPSHOT_DIR",
                    help="directory of phema-*.safetensors snapshot files, or a training run directory with phema/")
     p.add_argument("--sigma-rel", required=True, metavar="LIST",

@@ -28,21 +28,10 @@ import json
 import sys
 from pathlib import Path
 
+from .. import evaluation as E
 from ..errors import OptionError
-from ._common import (
-    ELBO_BYTES_PER_DRAW,
-    add_checkpoint_arguments,
-    check_output_path,
-    check_resources,
-    eval_dir,
-    finite_float,
-    hold_run,
-    load_checkpoint,
-    progress_bar,
-    resolve_seeds,
-    sample_bytes,
-    write_json,
-)
+from ..metrics import extractors
+from . import _common as common
 
 EXAMPLES = """examples:
   diffobj evaluate runs/digits                                    fd,kid,bpd with 1000 samples
@@ -56,17 +45,15 @@ EXAMPLES = """examples:
 
 
 def parse_metrics(text: str | None, image: bool | None = None) -> list[str]:
-    """``"fd,kid,bpd"`` → names, each checked against :data:`~diffusion_objectives.evaluation.METRICS`.
+    """``"fd,kid,bpd"`` → names, each checked against the registry :data:`~diffusion_objectives.evaluation.METRICS`.
     Without ``text``: fd,kid,bpd for images, toy,bpd for 2-D data."""
-    from ..evaluation import METRICS
-
     if text is None:
         return ["fd", "kid", "bpd"] if image else ["toy", "bpd"]
     names = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in names if m not in METRICS]
+    unknown = [m for m in names if m not in E.METRICS]
     if unknown or not names:
         raise OptionError(f"--metrics: unknown metric(s) {', '.join(unknown) or repr(text)}; "
-                          f"choose from: {', '.join(METRICS)}")
+                          f"choose from: {', '.join(E.METRICS.names())}")
     return list(dict.fromkeys(names))
 
 
@@ -115,37 +102,21 @@ def _read_meta(path: Path) -> dict | None:
 
 
 def _print_table(result: dict) -> None:
-    m = result["metrics"]
-    lines = []
-    if "fd" in m:
-        lines.append(f"  fd        {m['fd']['value']:.6g}   {m['fd']['label']}")
-    if "kid" in m:
-        lines.append(f"  kid       {m['kid']['mean']:.6g} ± {m['kid']['std']:.3g}   ({m['kid']['extractor']})")
-    if "coverage" in m:
-        c = m["coverage"]
-        acc = "n/a" if c.get("accuracy") is None else f"{c['accuracy']:.4f}"
-        lines.append(f"  coverage  accuracy {acc}, missing classes {c.get('missing_classes')}")
-    if "toy" in m:
-        t = m["toy"]
-        lines.append(f"  toy       cross-entropy {t['cross_entropy']:.6g} (entropy {t['entropy']:.6g}), "
-                     f"SW2 {t['sliced_wasserstein']:.4g}, MMD² {t['mmd']:.4g}")
-    if "bpd" in m:
-        b = m["bpd"]
-        lines.append(f"  bpd       {b['value']:.6f} ± {b['se']:.6f} {b['unit']} ({b['n_examples']} {b['split']} "
-                     f"examples)")
-    if "loss-std" in m:
-        lines.append(f"  loss-std  {m['loss-std']['relative_std']:.6g} (std/mean of the training loss)")
-    print("\n".join(lines))
+    """One line per metric: its named outputs (:meth:`~diffusion_objectives.evaluation.Metric.scalars`)."""
+    for name, record in result["metrics"].items():
+        scalars = E.METRICS.get(name).scalars(record)
+        values = ", ".join(f"{k} {v:.6g}" for k, v in scalars.items()) or "n/a"
+        print(f"  {name:<9} {values}" + (f"   ({record['label']})" if record.get("label") else ""))
 
 
 def _given_samples(args: argparse.Namespace, loaded, settings, image: bool):
     """(samples, labels, seeds, settings) of --from-samples, or Nones and the seeds of --n/--seeds (whose
     memory is estimated before the list is built)."""
-    from .. import evaluation as E
-
     if not args.from_samples:
-        seeds = resolve_seeds(args.n, args.seeds, default_n=1000, bytes_per_seed=lambda count: check_resources(
-            "--seeds/--n", f"{count} samples", memory=sample_bytes(loaded, count)))
+        def size(count: int) -> None:
+            common.check_resources("--seeds/--n", f"{count} samples", memory=common.sample_bytes(loaded, count))
+
+        seeds = common.resolve_seeds(args.n, args.seeds, default_n=1000, bytes_per_seed=size)
         return None, None, seeds, settings
     if args.n is not None or args.seeds is not None:
         raise OptionError("--from-samples takes the samples and seeds of the file; drop --n and --seeds")
@@ -166,52 +137,46 @@ def _given_samples(args: argparse.Namespace, loaded, settings, image: bool):
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import evaluation as E
-
     metrics = parse_metrics(args.metrics) if args.metrics is not None else None  # before loading anything
     settings = E.SampleSettings(args.sampler, args.steps, args.grid, args.guidance, args.ema)
-    E.sampling_grid(settings.resolved_grid(), settings.steps)
-    for name in ("n_elbo", "elbo_samples", "batch_size"):
-        if getattr(args, name) < 1:
-            raise OptionError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.elbo_samples % 8:
-        raise OptionError(f"--elbo-samples (λ-draws per example) must be a multiple of 8, got {args.elbo_samples}")
+    with common.flags(steps="--steps", samples="--elbo-samples"):
+        E.sampling_grid(settings.resolved_grid(), settings.steps)
+        for name in ("n_elbo", "elbo_samples", "batch_size"):
+            if getattr(args, name) < 1:
+                raise OptionError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+        E.check_elbo_samples(args.elbo_samples)
     if args.extractor_path and args.extractor not in (None, "inception"):
         raise OptionError("--extractor-path is for --extractor inception")
     if args.seeds is not None:
-        E.seed_ranges(args.seeds)
-    out = check_output_path(args.out) if args.out is not None else None
-    loaded = load_checkpoint(args)
-    out = out or check_output_path(eval_dir(loaded) / "metrics.json")
-    with hold_run(loaded, out, "diffobj evaluate"):  # before any work: a run being trained is refused at once
+        common.seed_ranges(args.seeds)
+    out = common.check_output_path(args.out) if args.out is not None else None
+    loaded = common.load_checkpoint(args)
+    out = out or common.check_output_path(common.eval_dir(loaded) / "metrics.json")
+    with common.hold_run(loaded, out, "diffobj evaluate"):  # before any work: a run being trained is refused at once
         return _evaluate(args, loaded, metrics, settings, out)
 
 
 def _evaluate(args: argparse.Namespace, loaded, metrics: list[str] | None, settings, out: Path) -> int:
     import torch
 
-    from .. import evaluation as E
-    from .. import metrics as M
-
     image = E.is_image(loaded)
     metrics = metrics or parse_metrics(None, image)
-    check_resources("--elbo-samples", f"{args.n_elbo} examples x {args.elbo_samples} λ-draws",
-                    memory=args.n_elbo * args.elbo_samples * ELBO_BYTES_PER_DRAW)
+    common.check_resources("--elbo-samples", f"{args.n_elbo} examples x {args.elbo_samples} λ-draws",
+                           memory=args.n_elbo * args.elbo_samples * common.ELBO_BYTES_PER_DRAW)
     samples, labels, seeds, settings = _given_samples(args, loaded, settings, image)
     extractor = None
-    if any(m in metrics for m in ("fd", "kid", "coverage")) and image:
+    if image and any(E.METRICS.get(m).extractor for m in metrics):
         name = args.extractor or E.default_extractor(loaded.config.data.name)
-        params = {"path": args.extractor_path} if args.extractor_path else {}
-        extractor = M.get_extractor(name, **params)
-    with torch.no_grad():
+        extractor = extractors.get(name, **({"path": args.extractor_path} if args.extractor_path else {}))
+    with torch.no_grad(), common.flags(split="--split", samples="--elbo-samples", guidance="--guidance"):
         result = E.evaluate(loaded, metrics, n=len(seeds), seeds=seeds, settings=settings, split=args.split,
                             n_elbo=args.n_elbo, elbo_samples=args.elbo_samples, extractor=extractor,
                             reference=args.ref, batch_size=args.batch_size, samples=samples, sample_labels=labels,
                             progress=None if args.no_progress else (lambda msg: print(msg, file=sys.stderr)),
-                            bar=progress_bar(args))
+                            bar=common.progress_bar(args))
     if args.from_samples:
         result["sampling"]["file"] = str(args.from_samples)
-    write_json(out, result)
+    common.write_json(out, result)
     print(f"{loaded.checkpoint_dir} (step {loaded.step}, {'EMA' if loaded.ema else 'raw'} weights)")
     _print_table(result)
     print(f"wrote {out}")
@@ -219,27 +184,14 @@ def _evaluate(args: argparse.Namespace, loaded, metrics: list[str] | None, setti
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from .. import samplers
-    from ..evaluation import GRIDS, METRICS
-    from ..metrics import extractors
-
-    p = sub.add_parser("evaluate", help="FD, KID, coverage, toy metrics, bits/dim of a checkpoint → metrics.json",
-                       description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_checkpoint_arguments(p)
+    p = common.add_command(sub, "evaluate", "FD, KID, coverage, toy metrics, bits/dim of a checkpoint → "
+                           "metrics.json", sys.modules[__name__], checkpoint=True)
     p.add_argument("--metrics", default=None,
-                   help=f"comma-separated, from: {', '.join(METRICS)} (default fd,kid,bpd for images, toy,bpd "
-                        "for 2-D data)")
-    p.add_argument("--n", type=int, default=None, help="samples, seeds 0 … n−1 (default 1000)")
-    p.add_argument("--seeds", default=None, help="seeds, e.g. 0-9999 (must agree with --n)")
+                   help=f"comma-separated, from: {', '.join(E.METRICS.names())} (default fd,kid,bpd for images, "
+                        "toy,bpd for 2-D data)")
     p.add_argument("--from-samples", default=None, metavar="DIR_OR_NPZ",
                    help="evaluate the samples written by `diffobj sample` instead of drawing new ones")
-    p.add_argument("--sampler", default="heun", choices=samplers.names(), help="sampler (default heun)")
-    p.add_argument("--steps", type=int, default=32, help="grid points (default 32)")
-    p.add_argument("--grid", default=None, choices=GRIDS.names(),
-                   help="λ-grid (default: edm for heun and dpmpp-2m, cosine otherwise)")
-    p.add_argument("--guidance", type=finite_float, default=0.0,
-                   help="classifier-free guidance scale (conditional models)")
-    p.add_argument("--batch-size", type=int, default=256, help="samples per network batch (default 256)")
+    common.add_sampling_arguments(p, "classifier-free guidance scale (conditional models)", 1000)
     p.add_argument("--split", default="test", help="split for bpd and loss-std (default test)")
     p.add_argument("--n-elbo", type=int, default=256, help="examples for bpd and loss-std (default 256)")
     p.add_argument("--elbo-samples", type=int, default=32, help="λ-draws per example for bpd, a multiple of 8 "

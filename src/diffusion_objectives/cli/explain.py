@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import sys
 import warnings
 
 import torch
@@ -23,8 +24,7 @@ from ..errors import OptionError
 from ..objectives import Objective
 from ..translate import DIFFUSERS_SCHEDULERS, KD_DENSITY_KEYS
 from ..weightings import Weighting
-from ._common import check_output_path
-from .weightings import PLOT_FORMATS, Resolved, plot, print_augmentation
+from ._common import PLOT_FORMATS, Resolved, add_command, check_output_path, plot, print_augmentation
 
 EXAMPLES = """examples:
   diffobj explain --diffusers weighting_scheme=logit_normal logit_std=1 --scheduler flow shift=3
@@ -167,8 +167,8 @@ def _run(args) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("explain", help="what a diffusers / kohya / k-diffusion / EDM setting optimises",
-                       description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(sub, "explain", "what a diffusers / kohya / k-diffusion / EDM setting optimises",
+                    sys.modules[__name__])
     peer = p.add_mutually_exclusive_group(required=True)
     peer.add_argument("--diffusers", nargs="*", metavar="KEY=VALUE",
                       help="diffusers training-script flags: " + ", ".join(

@@ -16,9 +16,10 @@ label; diffusers' DDIMPipeline passes no class labels, so call its ``unet(z, t, 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..errors import OptionError
-from ._common import check_output_dir, staged_dir
+from ._common import add_checkpoint_argument, add_command, check_output_dir, load_checkpoint, staged_dir
 
 EXAMPLES = """examples:
   diffobj train --preset digits --set network.name=diffusers-unet2d --out runs/dd
@@ -32,7 +33,6 @@ TARGETS = ("diffusers",)
 
 def run(args: argparse.Namespace) -> int:
     from .. import pipelines
-    from .sample import load_checkpoint
 
     if args.to not in TARGETS:
         raise OptionError(f"--to: unknown target {args.to!r}; choose from: {', '.join(TARGETS)}")
@@ -54,13 +54,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="write a trained run as a diffusers pipeline directory",
-                       description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT",
-                   help="a run directory (its newest complete checkpoint), its checkpoints/ directory or one "
-                        "checkpoint directory")
+    p = add_command(sub, "export", "write a trained run as a diffusers pipeline directory", sys.modules[__name__])
+    add_checkpoint_argument(p, "export")
     p.add_argument("--to", required=True, metavar="FORMAT", help=f"target format: {', '.join(TARGETS)}")
     p.add_argument("--out", required=True, metavar="DIR", help="a new (or empty) output directory")
-    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
-                   help="export the EMA weights (default) or the raw weights (--no-ema)")
     p.set_defaults(run=run)

@@ -16,7 +16,7 @@ import sys
 import yaml
 
 from ..errors import OptionError
-from ._common import check_output_path, progress_bar, write_atomic
+from ._common import add_command, check_output_path, progress_bar, write_atomic
 
 EXAMPLES = """examples:
   diffobj fid-ref digits --out refs/digits-train.npz                         classifier-digits features
@@ -49,10 +49,10 @@ def run(args: argparse.Namespace) -> int:
     out = check_output_path(args.out, formats=(".npz",))
     if out.exists() and not args.overwrite:
         raise OptionError(f"--out {str(out)!r} exists; pass --overwrite to replace it")
-    ds = data.get(args.dataset, **params)
-    if ds.data.ndim != 4:
-        raise OptionError(f"dataset {args.dataset!r} is not image data (shape {list(ds.shape)}); fid-ref needs "
+    if not data.is_image(args.dataset):  # the registry knows, before anything is built
+        raise OptionError(f"dataset {args.dataset!r} is not image data (2-D points); fid-ref needs "
                           "images [N, C, H, W]")
+    ds = data.get(args.dataset, **params)
     if ds.data.shape[0] < 2:
         raise OptionError(f"dataset {args.dataset!r}{' with ' + ' '.join(args.params) if args.params else ''} has "
                           f"{ds.data.shape[0]} image(s); reference statistics (a covariance) need at least 2")
@@ -83,8 +83,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from .. import data
     from ..metrics import extractors
 
-    p = sub.add_parser("fid-ref", help="reference statistics (mu, sigma) of a dataset for FD/FID",
-                       description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(sub, "fid-ref", "reference statistics (mu, sigma) of a dataset for FD/FID", sys.modules[__name__])
     p.add_argument("dataset", metavar="DATASET", help="dataset name: " + ", ".join(data.names()))
     p.add_argument("--param", "--set", dest="params", action="append", default=[], metavar="KEY=VALUE",
                    help="dataset parameter, e.g. split=train, path=..., limit=1000 (repeatable)")

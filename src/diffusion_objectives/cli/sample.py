@@ -26,24 +26,31 @@ from __future__ import annotations
 import argparse
 import io
 import math
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from .. import evaluation as E
+from ..data import image_grid, quantize, scatter_points
 from ..errors import OptionError
+from ..metrics import format_seeds
 from ._common import (
-    add_checkpoint_arguments,
+    add_command,
+    add_sampling_arguments,
     check_output_dir,
     check_resources,
     checkpoint_info,
-    finite_float,
+    flags,
     hold_run,
     load_checkpoint,
     progress_bar,
     resolve_seeds,
     sample_bytes,
+    seed_ranges,
     staged_dir,
     write_atomic,
     write_json,
@@ -70,10 +77,6 @@ GRID_MAX = 256  # samples shown in grid.png
 def to_pixels(x, levels: int | None):
     """Images ``[N, C, H, W]`` in [−1, 1] → uint8 ``[N, H, W, C]``: quantized to the K levels of the data
     (K = 256 if unknown), level k shown as round(255 k / (K − 1)), the inverse of the ``npz`` reader."""
-    import torch
-
-    from ..data import quantize
-
     k = levels or 256
     pixels = torch.round(quantize(x, k).to(torch.float64) * (255.0 / (k - 1)))
     return pixels.to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
@@ -92,10 +95,6 @@ def _npz_writer(**arrays: np.ndarray) -> Callable[[Any], None]:
 
 
 def _write_images(x, labels, seeds: list[int], levels: int | None, out: Path, per_seed: bool, bar) -> list[str]:
-    import torch
-
-    from ..data import image_grid
-
     pixels = to_pixels(x, levels)
     written = []
     if per_seed:
@@ -126,8 +125,7 @@ def _write_points(x, seeds: list[int], out: Path, title: str) -> list[str]:
     points = x.numpy().astype(np.float32)
     write_atomic(out / "samples.npz", _npz_writer(arr_0=points, seeds=np.asarray(seeds, dtype=np.int64)))
     fig, ax = plt.subplots(figsize=(5, 5))
-    ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.5, linewidths=0)
-    ax.set_aspect("equal")
+    scatter_points(ax, points)
     ax.set_title(title, fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -156,8 +154,6 @@ def parse_interval(text: str | None) -> tuple[float, float] | None:
 
 def _request_size(loaded, count: int, png: bool, out: Path) -> None:
     """Refuse ``count`` samples up front if they would not fit in memory or on the disk (exit 2)."""
-    from .. import evaluation as E
-
     shape = E.sample_shape(loaded)
     disk = count * (math.prod(shape) + 16 + (4096 if png and E.is_image(loaded) else 0))
     check_resources("--seeds/--n", f"{count} samples of shape {list(shape)}", memory=sample_bytes(loaded, count),
@@ -165,8 +161,6 @@ def _request_size(loaded, count: int, png: bool, out: Path) -> None:
 
 
 def _draw(loaded, seeds: list[int], settings, args: argparse.Namespace, guide=None):
-    from .. import evaluation as E
-
     bar = progress_bar(args)
     progress = bar(f"sampling ({settings.sampler}, {settings.steps} steps)", len(seeds)) if bar else None
     done = [0]
@@ -176,7 +170,8 @@ def _draw(loaded, seeds: list[int], settings, args: argparse.Namespace, guide=No
             progress.update(k - done[0])
         done[0] = k
 
-    x, labels = E.generate(loaded, seeds, settings, batch_size=args.batch_size, progress=hook, guide=guide)
+    with flags(guidance="--guidance", guide="--autoguidance"):
+        x, labels = E.generate(loaded, seeds, settings, batch_size=args.batch_size, progress=hook, guide=guide)
     if progress:
         progress.close()
     if not bool(x.isfinite().all()):
@@ -187,13 +182,12 @@ def _draw(loaded, seeds: list[int], settings, args: argparse.Namespace, guide=No
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import evaluation as E
-
     settings = E.SampleSettings(args.sampler, args.steps, args.grid, args.guidance, args.ema,
                                 parse_interval(args.guidance_interval), args.autoguidance)
-    E.sampling_grid(settings.resolved_grid(), settings.steps)  # validates --steps before loading anything
+    with flags(steps="--steps"):  # validates --steps before loading anything
+        E.sampling_grid(settings.resolved_grid(), settings.steps)
     if args.seeds is not None:
-        E.seed_ranges(args.seeds)  # syntax and range, before loading anything
+        seed_ranges(args.seeds)  # syntax and range, before loading anything
     if args.batch_size < 1:
         raise OptionError(f"--batch-size must be positive, got {args.batch_size}")
     out = check_output_dir(args.out)
@@ -204,8 +198,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace, loaded, settings, out: Path, guide=None) -> int:
-    from .. import evaluation as E
-
     seeds = resolve_seeds(args.n, args.seeds, default_n=64,
                           bytes_per_seed=lambda count: _request_size(loaded, count, args.png, out))
     x, labels = _draw(loaded, seeds, settings, args, guide)
@@ -217,8 +209,6 @@ def _sample(args: argparse.Namespace, loaded, settings, out: Path, guide=None) -
         else:
             written = _write_points(x, seeds, stage, f"{loaded.checkpoint_dir.name}: {len(seeds)} samples, "
                                                      f"{settings.sampler} {settings.steps} steps")
-        from ..metrics.results import format_seeds
-
         meta = {**checkpoint_info(loaded), "sampling": {**settings.as_dict(), "ema": loaded.ema},
                 "n": len(seeds), "seeds": format_seeds(seeds), "levels": levels,
                 "layout": "arr_0 uint8 [N, H, W, C]" if image else "arr_0 float32 [N, D]",
@@ -233,25 +223,12 @@ def _sample(args: argparse.Namespace, loaded, settings, out: Path, guide=None) -
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from .. import samplers
-    from ..evaluation import GRIDS
-
-    p = sub.add_parser("sample", help="draw samples from a checkpoint (PNG per seed, grid, .npz)",
-                       description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_checkpoint_arguments(p)
+    p = add_command(sub, "sample", "draw samples from a checkpoint (PNG per seed, grid, .npz)", sys.modules[__name__],
+                    checkpoint=True)
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    p.add_argument("--sampler", default="heun", choices=samplers.names(), help="sampler (default heun)")
-    p.add_argument("--steps", type=int, default=32, help="grid points (default 32; Heun makes 2·steps − 1 "
-                                                         "network evaluations)")
-    p.add_argument("--grid", default=None, choices=GRIDS.names(),
-                   help="λ-grid (default: edm for every sampler)")
-    p.add_argument("--n", type=int, default=None, help="number of samples, seeds 0 … n−1 (default 64)")
-    p.add_argument("--seeds", default=None, help="seeds, e.g. 0-63 or 1,5,9-11 (must agree with --n)")
-    p.add_argument("--batch-size", type=int, default=256, help="samples per network batch (default 256; "
-                                                               "does not change the samples)")
-    p.add_argument("--guidance", type=finite_float, default=0.0,
-                   help="guidance scale g: classifier-free ε̂ = (1+g) ε̂(z, c) − g ε̂(z, ∅) (conditional models); "
-                        "with --autoguidance x̂ = x̂_bad + (1+g)(x̂ − x̂_bad), i.e. Karras et al.'s w = 1 + g")
+    add_sampling_arguments(p, "guidance scale g: classifier-free ε̂ = (1+g) ε̂(z, c) − g ε̂(z, ∅) (conditional "
+                              "models); with --autoguidance x̂ = x̂_bad + (1+g)(x̂ − x̂_bad), i.e. Karras et al.'s "
+                              "w = 1 + g", 64)
     p.add_argument("--autoguidance", default=None, metavar="RUN_OR_CKPT",
                    help="guide with this (smaller or earlier) model instead of the unconditional one (autoguidance, "
                         "Karras et al. 2024); loaded with the same --ema/--device")

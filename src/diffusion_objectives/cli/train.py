@@ -94,9 +94,13 @@ def run(args: argparse.Namespace) -> int:
     from ..training import build, config, distributed, loop, rundir
 
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    try:
+        overrides = config.parse_overrides(args.overrides)
+    except OptionError as exc:
+        raise OptionError(f"--set: {exc}") from None
     cfg = config.resolve(args.preset or "toy2d", args.config, objective=args.objective, steps=args.steps,
                          batch_size=args.batch_size, seed=args.seed, checkpoint_every=args.checkpoint_every,
-                         overrides=args.overrides, world_size=world)
+                         overrides=overrides, world_size=world)
     build.check_names(cfg)
     if args.dry_run:
         obj = build.build_objective(cfg.loss)

@@ -8,20 +8,10 @@ paired with ``--schedule`` (default ``cosine``) for p(λ).
 from __future__ import annotations
 
 import argparse
-import io
-from dataclasses import dataclass
-from pathlib import Path
-
-import torch
 
 from .. import objectives, schedules, weightings
 from ..errors import OptionError
-from ..schedules import Schedule
-from ..theory import augmentation_density
-from ..weightings import Weighting
-from ._common import check_output_path, write_atomic
-
-PLOT_FORMATS = (".png", ".pdf", ".svg")
+from ._common import PLOT_FORMATS, Resolved, check_output_path, plot, print_augmentation
 
 EXAMPLES = """examples:
   diffobj weightings                      list every weighting and objective preset
@@ -30,14 +20,6 @@ EXAMPLES = """examples:
   diffobj weightings show edm
   diffobj weightings plot sigmoid edm edm-monotonic v-cosine --out weightings.png
 """
-
-
-@dataclass
-class Resolved:
-    label: str
-    weighting: Weighting
-    schedule: Schedule
-    objective: objectives.Objective | None
 
 
 def parse_params(text: str, option: str, strings: frozenset[str] = frozenset()) -> dict[str, float | str]:
@@ -107,67 +89,11 @@ def _show(args) -> int:
     return 0
 
 
-def print_augmentation(weighting: Weighting, lo: float, hi: float) -> None:
-    """Print whether ``weighting`` is monotone on [lo, hi] and, if so, its augmentation distribution p_w."""
-    monotone = weighting.is_monotonic(lo, hi)
-    print(f"  monotone on [{lo:g}, {hi:g}]: {'yes' if monotone else 'no'}")
-    grid = torch.linspace(lo, hi, 30001, dtype=torch.float64)
-    if not monotone:
-        w = weighting(grid)
-        print(f"  peak at λ = {float(grid[w.argmax()]):.4f}: not an ELBO of augmented data "
-              "(a signed combination of ELBOs, KG23 §4)")
-        return
-    aug = augmentation_density(weighting, grid, lo, hi)
-    mass = torch.cumsum(aug.density, 0) * (grid[1] - grid[0])
-    cont = float(mass[-1])
-    print("  augmentation distribution p_w(λ) = −w'(λ)/w(λ_min), plus a point mass at λ_max:")
-    print(f"    continuous part mass {cont:.6f}, point mass at λ_max = {aug.point_mass:.6f}")
-    if cont > 1e-9:
-        quant = [float(grid[torch.searchsorted(mass, q * mass[-1])]) for q in (0.05, 0.25, 0.5, 0.75, 0.95)]
-        mean = float((grid * aug.density).sum() * (grid[1] - grid[0])) / cont
-        print(f"    continuous part: mean λ {mean:.4f}; quantiles 5/25/50/75/95%: "
-              + ", ".join(f"{q:.3f}" for q in quant))
-
-
 def _plot(args) -> int:
     out = check_output_path(args.out, formats=PLOT_FORMATS, create_parents=False)
     resolved = [resolve(s, args.schedule, args.logsnr_min, args.logsnr_max) for s in args.specs]
     plot(resolved, args.logsnr_min, args.logsnr_max, out)
     return 0
-
-
-def plot(resolved: list[Resolved], lo: float, hi: float, out: Path) -> None:
-    """w(λ)/max w, p(λ) and (monotone ones) the augmentation density p_w of each entry, on one λ axis, written
-    atomically to ``out`` (already checked with ``check_output_path(..., formats=PLOT_FORMATS)``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    grid = torch.linspace(lo, hi, 2001, dtype=torch.float64)
-    fig, axes = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
-    for r in resolved:
-        w = r.weighting(grid)
-        axes[0].plot(grid, w / w.max(), label=r.label)
-        axes[1].plot(grid, r.schedule.density(grid), label=f"{r.label} ({r.schedule.name})")
-        if r.weighting.is_monotonic(lo, hi):
-            aug = augmentation_density(r.weighting, grid, lo, hi)
-            axes[2].plot(grid, aug.density, label=f"{r.label} (+ mass {aug.point_mass:.2g} at λ_max)")
-    axes[0].set_ylabel("w(λ) / max w")
-    axes[1].set_ylabel("schedule p(λ)")
-    axes[2].set_ylabel("augmentation p_w(λ)")
-    axes[2].set_xlabel("log-SNR λ  (noise ←  → data)")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=8)
-    axes[2].set_title("monotone weightings only", fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format=out.suffix.lower()[1:], dpi=120)
-    plt.close(fig)
-    write_atomic(out, buf.getvalue())
-    print(f"wrote {out}")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -1,6 +1,9 @@
 """Datasets (images know their number of grey levels K) and batching helpers.
 
-``get(name, **params)`` returns a :class:`Dataset`; nothing is ever downloaded. Names:
+``get(name, **params)`` returns a :class:`Dataset`; nothing is ever downloaded. Each name also carries a
+:class:`DatasetInfo` (``REGISTRY.info(name)``, or :func:`is_image`/:func:`probe_params`): whether it holds
+images ``[N, C, H, W]`` or points ``[N, D]``, and the parameters that make a build cheap when only the shape
+or the density is wanted. Names:
 
 | name | data | K | params |
 |---|---|---|---|
@@ -15,21 +18,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
 from ..registry import Registry
 from . import digits as _digits
 from . import idx as _idx
 from . import images as _images
 from . import toy as _toy
 from .dataset import Dataset, dequantize, quantize, random_hflip
-from .grid import image_grid, save_image_grid
+from .grid import image_grid, save_image_grid, scatter_points
 from .idx import read_idx
 from .sharding import batch_indices, epoch_permutation
 
 __all__ = [
     "Dataset",
+    "DatasetInfo",
     "REGISTRY",
     "get",
     "names",
+    "is_image",
+    "probe_params",
     "quantize",
     "dequantize",
     "random_hflip",
@@ -37,19 +47,35 @@ __all__ = [
     "epoch_permutation",
     "image_grid",
     "save_image_grid",
+    "scatter_points",
     "read_idx",
 ]
 
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a registered dataset is, known without building it: ``image`` (images ``[N, C, H, W]`` with K
+    grey levels, or continuous points ``[N, D]``) and ``probe``, parameters that keep a build cheap when only
+    its shape or its closed-form density is needed (``n=16`` points of a toy density)."""
+
+    image: bool
+    probe: Mapping[str, Any] = field(default_factory=dict)
+
+
+TOY = DatasetInfo(image=False, probe={"n": 16})
+IMAGES = DatasetInfo(image=True)
+
 REGISTRY: Registry[Dataset] = Registry("dataset")
-REGISTRY.add("ring", _toy.ring, "8 Gaussians on a circle (2-D, closed-form density)")
-REGISTRY.add("grid", _toy.grid, "5 x 5 grid of Gaussians (2-D, closed-form density)")
-REGISTRY.add("anisotropic", _toy.anisotropic, "two anisotropic correlated Gaussians (2-D)")
-REGISTRY.add("digits", _digits.digits, "scikit-learn digits, 8x8, K = 17, 10 classes")
-REGISTRY.add("fashion-mnist", _idx.fashion_mnist, "Fashion-MNIST from IDX files, 28x28, K = 256, 10 classes")
-REGISTRY.add("mnist-idx", _idx.mnist_idx, "MNIST-format IDX files under root, K = 256")
-REGISTRY.add("folder", _images.folder, "a folder of images, optionally one sub-folder per class")
-REGISTRY.add("npz", _images.npz, "an .npz with uint8 images in arr_0 and labels in arr_1")
-REGISTRY.add("edm-zip", _images.edm_zip, "an EDM dataset_tool zip or folder with dataset.json labels")
+REGISTRY.add("ring", _toy.ring, "8 Gaussians on a circle (2-D, closed-form density)", TOY)
+REGISTRY.add("grid", _toy.grid, "5 x 5 grid of Gaussians (2-D, closed-form density)", TOY)
+REGISTRY.add("anisotropic", _toy.anisotropic, "two anisotropic correlated Gaussians (2-D)", TOY)
+REGISTRY.add("digits", _digits.digits, "scikit-learn digits, 8x8, K = 17, 10 classes", IMAGES)
+REGISTRY.add("fashion-mnist", _idx.fashion_mnist, "Fashion-MNIST from IDX files, 28x28, K = 256, 10 classes",
+             IMAGES)
+REGISTRY.add("mnist-idx", _idx.mnist_idx, "MNIST-format IDX files under root, K = 256", IMAGES)
+REGISTRY.add("folder", _images.folder, "a folder of images, optionally one sub-folder per class", IMAGES)
+REGISTRY.add("npz", _images.npz, "an .npz with uint8 images in arr_0 and labels in arr_1", IMAGES)
+REGISTRY.add("edm-zip", _images.edm_zip, "an EDM dataset_tool zip or folder with dataset.json labels", IMAGES)
 
 
 def get(name: str, **params) -> Dataset:
@@ -59,3 +85,13 @@ def get(name: str, **params) -> Dataset:
 
 def names() -> list[str]:
     return REGISTRY.names()
+
+
+def is_image(name: str) -> bool:
+    """Whether dataset ``name`` holds images (``[N, C, H, W]``, K levels) rather than points ``[N, D]``."""
+    return REGISTRY.info(name).image
+
+
+def probe_params(name: str) -> dict[str, Any]:
+    """Parameters of dataset ``name`` that make a build cheap when only its shape or density is wanted."""
+    return dict(REGISTRY.info(name).probe)

@@ -1,4 +1,4 @@
-"""Save a batch of images in [−1, 1] as one PNG grid (8-bit, via PIL)."""
+"""Show samples: a batch of images in [−1, 1] as one PNG grid (8-bit, via PIL), 2-D points as a scatter plot."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .dataset import quantize
 
-__all__ = ["image_grid", "save_image_grid"]
+__all__ = ["image_grid", "save_image_grid", "scatter_points"]
 
 _MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 
@@ -40,3 +40,16 @@ def save_image_grid(x: Tensor, path: str | Path, nrow: int | None = None, paddin
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grid[..., 0] if grid.shape[2] == 1 else grid).save(path)  # mode L, LA, RGB or RGBA
     return grid
+
+
+def scatter_points(ax, x, *, reference=None, limit: float | None = None, size: float = 2.0,
+                   alpha: float = 0.5) -> None:
+    """2-D points ``x`` ``[N, 2]`` (and, in grey beneath them, ``reference`` points ``[M, 2]``, e.g. the data) on
+    the matplotlib axes ``ax``, with equal aspect; ``limit``: show the square [−limit, limit]²."""
+    if reference is not None:
+        ax.scatter(reference[:, 0], reference[:, 1], s=size, alpha=0.3, color="0.6", linewidths=0, label="data")
+    ax.scatter(x[:, 0], x[:, 1], s=size, alpha=alpha, linewidths=0, label="samples")
+    if limit is not None:
+        ax.set_xlim(-limit, limit)
+        ax.set_ylim(-limit, limit)
+    ax.set_aspect("equal")

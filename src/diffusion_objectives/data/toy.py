@@ -18,7 +18,8 @@ SPLITS = ("train", "test")
 
 
 def derive_seed(*parts: object) -> int:
-    """A 63-bit seed that is a fixed function of ``parts`` (stable across processes and machines)."""
+    """A 63-bit seed that is a fixed function of ``parts`` (stable across processes, machines and runs): the
+    first 8 bytes of BLAKE2b of ``repr(parts)``, little-endian, shifted right by one bit."""
     digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
 

@@ -7,7 +7,7 @@ from .extractors import ClassifierExtractor, Extractor, InceptionExtractor
 from .frechet import feature_statistics, frechet_distance
 from .kid import KIDResult, kid, mmd2_unbiased, polynomial_kernel
 from .reference import Reference, load_reference, save_reference, sha256_file
-from .results import FDResult, check_reference, dataset_reference, evaluate_fd, fd_result, format_seeds
+from .results import FDResult, check_reference, dataset_reference, evaluate_fd, fd_of_features, fd_result, format_seeds
 from .toy import ToyMetrics, cross_entropy, knn_entropy, mmd_rbf, reverse_kl, sliced_wasserstein, toy_metrics
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "dataset_reference",
     "evaluate_fd",
     "extractors",
+    "fd_of_features",
     "fd_result",
     "format_seeds",
     "feature_statistics",

