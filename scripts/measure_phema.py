@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 python scripts/measure_phema.py          # a few seconds on one CPU core
 
 Synthetic trajectories (a drifting random walk with per-step noise, 20 parameters, T = 2000 optimizer steps,
-the setup of tests/test_phema.py): snapshots of σ_rel 0.05 and 0.10 every N steps; every other width is
+the setup of tests/training/test_phema.py): snapshots of σ_rel 0.05 and 0.10 every N steps; every other width is
 tracked only as the oracle. Error = max over parameters of |reconstructed − oracle| / max |oracle − θ_T|;
 "profile" is the relative L² residual of the fitted profile (phema.profile_error).
 """

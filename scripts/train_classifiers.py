@@ -22,8 +22,8 @@ import torch
 from safetensors.torch import save_file
 
 from diffusion_objectives import data
-from diffusion_objectives.metrics.classifier import ASSETS, SmallCNN, init_parameters
-from diffusion_objectives.metrics.reference import sha256_file
+from diffusion_objectives.evaluation.metrics.classifier import ASSETS, SmallCNN, init_parameters
+from diffusion_objectives.evaluation.metrics.reference import sha256_file
 
 # Presets: one per dataset. Units in the names: epochs over the train split, examples per batch.
 ARCHITECTURE = dict(in_channels=1, channels=[24, 48, 96], features=128, num_classes=10)

@@ -23,7 +23,7 @@ from unittest import mock
 import torch
 
 from diffusion_objectives.cli import main
-from diffusion_objectives.loss import WeightedLoss
+from diffusion_objectives.core.loss import WeightedLoss
 
 
 def _rank() -> int:

@@ -5,34 +5,25 @@ sampled: variance only) and a parameterization (what the network predicts). See 
 the mathematics and docs/api.md for this namespace, one example per name.
 """
 
+import sys
+import types
 import warnings
 
-from . import (
-    adapters,
-    data,
-    errors,
-    metrics,
-    networks,
-    objectives,
-    parameterizations,
-    phema,
-    process,
-    samplers,
-    schedules,
-    shifts,
-    theory,
-    uncertainty,
-    weightings,
-)
-from .adaptive import AdaptiveSchedule
-from .elbo import ElboResult, elbo
-from .likelihood import LikelihoodResult, likelihood
-from .loss import LossOutput, WeightedLoss
-from .objectives import Objective
-from .parameterizations import Parameterization
-from .schedules import Schedule
-from .theory import AugmentationDensity, IntegrationByParts, augmentation_density, integration_by_parts
-from .weightings import Weighting
+from . import _deprecation, data, errors, networks
+from .core import objectives, parameterizations, process, schedules, shifts, theory, weightings
+from .core.adaptive import AdaptiveSchedule
+from .core.loss import LossOutput, WeightedLoss
+from .core.objectives import Objective
+from .core.parameterizations import Parameterization
+from .core.schedules import Schedule
+from .core.theory import AugmentationDensity, IntegrationByParts, augmentation_density, integration_by_parts
+from .core.weightings import Weighting
+from .evaluation import metrics
+from .interop import adapters, translate
+from .likelihoods.ode import LikelihoodResult, likelihood
+from .likelihoods.vlb import ElboResult, elbo
+from .sampling import samplers
+from .training import phema, uncertainty
 
 __version__ = "0.1.0"
 
@@ -65,6 +56,7 @@ __all__ = [
     "theory",
     "samplers",
     "adapters",
+    "translate",
     "data",
     "networks",
     "metrics",
@@ -73,6 +65,20 @@ __all__ = [
 ]
 
 _MOVED = {"OptionError": errors}  # deprecated top-level name -> the module that holds it now
+
+
+class _Namespace(types.ModuleType):
+    """The package's module type: ``elbo`` and ``likelihood`` stay the functions even when a deprecated
+    ``import diffusion_objectives.elbo`` (now ``likelihoods.vlb``) binds the module to that name."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in ("elbo", "likelihood") and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Namespace
+_deprecation.install()
 
 
 def __getattr__(name: str):

@@ -39,11 +39,13 @@ from typing import Any
 
 import torch
 
-from .. import locking, objectives, samplers
+from .. import locking
+from ..core import objectives
+from ..core.schedules import Schedule
+from ..core.theory import augmentation_density
+from ..core.weightings import Weighting
 from ..errors import OptionError
-from ..schedules import Schedule
-from ..theory import augmentation_density
-from ..weightings import Weighting
+from ..sampling import samplers
 
 __all__ = ["check_output_dir", "check_output_path", "write_atomic", "write_json", "staged_dir", "finite_float",
            "NAME_MAX", "add_checkpoint_argument", "add_checkpoint_arguments", "load_checkpoint", "checkpoint_info",
@@ -229,11 +231,11 @@ def add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
 
 def load_checkpoint(args: argparse.Namespace, path: str | None = None):
     """:func:`~diffusion_objectives.training.load_for_inference` of ``path`` (default ``args.checkpoint``) with
-    ``args.ema`` and ``args.device`` (warnings on stderr), or :func:`~diffusion_objectives.pipelines.
+    ``args.ema`` and ``args.device`` (warnings on stderr), or :func:`~diffusion_objectives.interop.pipelines.
     load_diffusers_pipeline` of a diffusers pipeline directory (``--data``)."""
     import torch
 
-    from .. import pipelines
+    from ..interop import pipelines
     from ..training.checkpoint import load_for_inference
 
     device = args.device
@@ -326,7 +328,7 @@ SEED_MAX = 2**63 - 1  # seeds are int64 in samples.npz and torch.Generator.manua
 def seed_ranges(text: str, option: str = "--seeds") -> list[range]:
     """EDM's seed syntax as ranges, without building the list: ``"1,5,9-11"`` → ``[range(1, 2), range(5, 6),
     range(9, 12)]``. Each seed must lie in 0 … :data:`SEED_MAX`; errors name ``option``. The inverse of
-    :func:`diffusion_objectives.metrics.format_seeds`, which writes the seeds of results in this syntax."""
+    :func:`diffusion_objectives.evaluation.metrics.format_seeds`, which writes the seeds of results in this syntax."""
     ranges: list[range] = []
     for part in filter(None, str(text).split(",")):
         lo, sep, hi = part.strip().partition("-")
@@ -408,7 +410,7 @@ ELBO_BYTES_PER_DRAW = 48
 def sample_bytes(loaded, count: int) -> int:
     """Estimated memory of ``count`` samples held until they are written: the float32 batches and their
     concatenation, the float64 quantization, the uint8 pixels, and the seed list."""
-    from ..evaluation import sample_shape
+    from ..evaluation.protocol import sample_shape
 
     return count * (math.prod(sample_shape(loaded)) * 21 + 120)
 

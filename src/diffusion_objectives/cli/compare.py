@@ -15,9 +15,9 @@ from pathlib import Path
 
 import yaml
 
-from .. import launchers as L
-from .. import study as S
 from ..errors import OptionError
+from ..study import launchers as L
+from ..study import runner as S
 from ..training import config as tconfig
 from ._common import check_output_dir
 

@@ -3,7 +3,7 @@
 Prints −ELBO ± standard error in bits/dim (discrete data with K levels: an upper bound on −log₂ P(x)/D) or
 in nats per example (continuous data: a bound on −log density), and the prior, reconstruction and
 diffusion terms. The diffusion term is also given per λ-bin: where along the noise levels the ELBO is
-spent. It is :func:`diffusion_objectives.evaluation.elbo_summary` of the same examples that
+spent. It is :func:`diffusion_objectives.evaluation.protocol.elbo_summary` of the same examples that
 ``diffobj evaluate``'s ``bpd`` uses (a fixed permutation of the split, seed 0), so the two agree for the
 same --n, --samples and --seed. Class-conditional models give the conditional ELBO, −log p(x | label).
 
@@ -25,8 +25,8 @@ import io
 import sys
 from pathlib import Path
 
-from .. import evaluation as E
 from ..errors import OptionError
+from ..evaluation import protocol as E
 from ._common import (
     ELBO_BYTES_PER_DRAW,
     add_command,

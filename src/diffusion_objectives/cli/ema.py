@@ -1,7 +1,7 @@
 """``diffobj ema``: EDM2's post-hoc EMA — reconstruct the power-function EMA of any width after training.
 
 Reads the snapshot files (``phema-*.safetensors``) written during training by
-:func:`diffusion_objectives.phema.save_snapshots` and, for each relative width σ_rel in --sigma-rel, writes
+:func:`diffusion_objectives.training.phema.save_snapshots` and, for each relative width σ_rel in --sigma-rel, writes
 ``ema-<sigma_rel>.safetensors`` into --out: the weighted sum of the snapshots whose power-function profiles best
 match, in least squares, the profile of σ_rel at step --step (default: the last snapshot's step) (EDM2 §3,
 Algorithm 3; docs/ema.md). Its metadata holds ``sigma_rel``, ``gamma``, ``step``, the number of snapshots
@@ -29,9 +29,8 @@ from pathlib import Path
 
 from safetensors.torch import save
 
-from .. import phema
 from ..errors import OptionError
-from ..training import posthoc
+from ..training import phema, posthoc
 from ._common import add_command, check_output_dir, staged_dir, write_atomic
 
 EXAMPLES = """examples:

@@ -28,9 +28,9 @@ import json
 import sys
 from pathlib import Path
 
-from .. import evaluation as E
 from ..errors import OptionError
-from ..metrics import extractors
+from ..evaluation import protocol as E
+from ..evaluation.metrics import extractors
 from . import _common as common
 
 EXAMPLES = """examples:
@@ -45,7 +45,8 @@ EXAMPLES = """examples:
 
 
 def parse_metrics(text: str | None, image: bool | None = None) -> list[str]:
-    """``"fd,kid,bpd"`` → names, each checked against the registry :data:`~diffusion_objectives.evaluation.METRICS`.
+    """``"fd,kid,bpd"`` → names, each checked against the registry
+    :data:`~diffusion_objectives.evaluation.protocol.METRICS`.
     Without ``text``: fd,kid,bpd for images, toy,bpd for 2-D data."""
     if text is None:
         return ["fd", "kid", "bpd"] if image else ["toy", "bpd"]
@@ -65,7 +66,7 @@ def read_samples(path: str | Path, levels: int | None, shape: tuple[int, ...]):
     import torch
 
     from .. import data
-    from ..metrics.reference import read_npz
+    from ..evaluation.metrics.reference import read_npz
 
     p = Path(path)
     if p.is_dir():
@@ -102,7 +103,7 @@ def _read_meta(path: Path) -> dict | None:
 
 
 def _print_table(result: dict) -> None:
-    """One line per metric: its named outputs (:meth:`~diffusion_objectives.evaluation.Metric.scalars`)."""
+    """One line per metric: its named outputs (:meth:`~diffusion_objectives.evaluation.protocol.Metric.scalars`)."""
     for name, record in result["metrics"].items():
         scalars = E.METRICS.get(name).scalars(record)
         values = ", ".join(f"{k} {v:.6g}" for k, v in scalars.items()) or "n/a"

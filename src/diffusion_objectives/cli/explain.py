@@ -1,7 +1,7 @@
 """``diffobj explain``: what a peer's training settings optimise, in KG23's terms.
 
 Give one peer's settings as KEY=VALUE in its own vocabulary (the translators of
-``diffusion_objectives.objectives``: from_diffusers, from_kohya, from_k_diffusion, from_edm). It prints the
+``diffusion_objectives.core.objectives``: from_diffusers, from_kohya, from_k_diffusion, from_edm). It prints the
 weighting w(λ) = 2 p_π(λ) c(λ) k(λ) (its parts and values), the sampling density p(λ), the parameterization;
 whether w is monotone and, if so, the noise-augmentation distribution it implies (KG23 §4); and the nearest
 KG23 weightings: the sigmoid(b − λ) with the best bias b, and EDM-monotonic, by the total-variation distance
@@ -19,11 +19,18 @@ import warnings
 import torch
 from scipy import optimize
 
-from .. import objectives, schedules, weightings
+from ..core import schedules, weightings
+from ..core.objectives import Objective
+from ..core.weightings import Weighting
 from ..errors import OptionError
-from ..objectives import Objective
-from ..translate import DIFFUSERS_SCHEDULERS, KD_DENSITY_KEYS
-from ..weightings import Weighting
+from ..interop.translate import (
+    DIFFUSERS_SCHEDULERS,
+    KD_DENSITY_KEYS,
+    from_diffusers,
+    from_edm,
+    from_k_diffusion,
+    from_kohya,
+)
 from ._common import PLOT_FORMATS, Resolved, add_command, check_output_path, plot, print_augmentation
 
 EXAMPLES = """examples:
@@ -77,25 +84,25 @@ def translate(args) -> Objective:
         raise OptionError("--scheduler goes with --diffusers")
     if args.diffusers is not None:
         params = parse_items(args.diffusers, "--diffusers")
-        _check_keys(params, _keywords(objectives.from_diffusers, ("scheduler",)), "--diffusers")
+        _check_keys(params, _keywords(from_diffusers, ("scheduler",)), "--diffusers")
         scheduler = None
         if args.scheduler:
             name, *items = args.scheduler
             scheduler = {**DIFFUSERS_SCHEDULERS.get(name), **parse_items(items, "--scheduler")}
-        return objectives.from_diffusers(scheduler, **params)
+        return from_diffusers(scheduler, **params)
     if args.kohya is not None:
         params = parse_items(args.kohya, "--kohya")
-        _check_keys(params, _keywords(objectives.from_kohya), "--kohya")
-        return objectives.from_kohya(**params)
+        _check_keys(params, _keywords(from_kohya), "--kohya")
+        return from_kohya(**params)
     if args.k_diffusion is not None:
         params = parse_items(args.k_diffusion, "--k-diffusion")
-        allowed = list(KD_DENSITY_KEYS) + _keywords(objectives.from_k_diffusion, ("sigma_sample_density",))
+        allowed = list(KD_DENSITY_KEYS) + _keywords(from_k_diffusion, ("sigma_sample_density",))
         _check_keys(params, allowed, "--k-diffusion")
         density = {k: params.pop(k) for k in KD_DENSITY_KEYS if k in params}
-        return objectives.from_k_diffusion(density, **params)
+        return from_k_diffusion(density, **params)
     params = parse_items(args.edm, "--edm")
-    _check_keys(params, _keywords(objectives.from_edm), "--edm")
-    return objectives.from_edm(**params)
+    _check_keys(params, _keywords(from_edm), "--edm")
+    return from_edm(**params)
 
 
 def _normalised(weighting: Weighting, grid: torch.Tensor) -> torch.Tensor:
@@ -172,14 +179,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     peer = p.add_mutually_exclusive_group(required=True)
     peer.add_argument("--diffusers", nargs="*", metavar="KEY=VALUE",
                       help="diffusers training-script flags: " + ", ".join(
-                          _keywords(objectives.from_diffusers, ("scheduler",))))
+                          _keywords(from_diffusers, ("scheduler",))))
     peer.add_argument("--kohya", nargs="*", metavar="KEY=VALUE",
-                      help="kohya sd-scripts flags: " + ", ".join(_keywords(objectives.from_kohya)))
+                      help="kohya sd-scripts flags: " + ", ".join(_keywords(from_kohya)))
     peer.add_argument("--k-diffusion", nargs="*", metavar="KEY=VALUE",
                       help="k-diffusion model config: sigma_sample_density keys (" + ", ".join(KD_DENSITY_KEYS)
-                      + ") and " + ", ".join(_keywords(objectives.from_k_diffusion, ("sigma_sample_density",))))
+                      + ") and " + ", ".join(_keywords(from_k_diffusion, ("sigma_sample_density",))))
     peer.add_argument("--edm", nargs="*", metavar="KEY=VALUE",
-                      help="EDM/EDM2 loss: " + ", ".join(_keywords(objectives.from_edm)))
+                      help="EDM/EDM2 loss: " + ", ".join(_keywords(from_edm)))
     p.add_argument("--scheduler", nargs="+", metavar=("NAME", "KEY=VALUE"),
                    help="with --diffusers: the scheduler (" + ", ".join(DIFFUSERS_SCHEDULERS.names())
                    + ") and its config keys")

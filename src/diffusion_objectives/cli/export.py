@@ -32,7 +32,7 @@ TARGETS = ("diffusers",)
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import pipelines
+    from ..interop import pipelines
 
     if args.to not in TARGETS:
         raise OptionError(f"--to: unknown target {args.to!r}; choose from: {', '.join(TARGETS)}")

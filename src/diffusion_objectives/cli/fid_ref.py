@@ -42,8 +42,8 @@ def parse_params(items: list[str]) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from .. import data
-    from .. import metrics as M
-    from ..evaluation import default_extractor, extract_features
+    from ..evaluation import metrics as M
+    from ..evaluation.protocol import default_extractor, extract_features
 
     params = parse_params(args.params)
     out = check_output_path(args.out, formats=(".npz",))
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from .. import data
-    from ..metrics import extractors
+    from ..evaluation.metrics import extractors
 
     p = add_command(sub, "fid-ref", "reference statistics (mu, sigma) of a dataset for FD/FID", sys.modules[__name__])
     p.add_argument("dataset", metavar="DATASET", help="dataset name: " + ", ".join(data.names()))

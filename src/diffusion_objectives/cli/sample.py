@@ -34,10 +34,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import evaluation as E
 from ..data import image_grid, quantize, scatter_points
 from ..errors import OptionError
-from ..metrics import format_seeds
+from ..evaluation import protocol as E
+from ..evaluation.metrics import format_seeds
 from ._common import (
     add_command,
     add_sampling_arguments,

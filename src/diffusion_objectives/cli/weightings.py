@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from .. import objectives, schedules, weightings
+from ..core import objectives, schedules, weightings
 from ..errors import OptionError
 from ._common import PLOT_FORMATS, Resolved, check_output_path, plot, print_augmentation
 

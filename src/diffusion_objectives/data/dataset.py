@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..mixtures import GaussianMixture
+from ..core.mixtures import GaussianMixture
 
 __all__ = ["Dataset", "quantize", "dequantize", "random_hflip"]
 
@@ -45,7 +45,7 @@ class Dataset:
     ``data`` float32 ``[N, ...]``: images ``[N, C, H, W]`` in [−1, 1] (see :func:`dequantize`), toy points
     ``[N, D]`` as drawn. ``labels`` int64 ``[N]`` in ``[0, num_classes)`` or None. ``levels`` is K for
     discrete data and None for continuous data. ``mixture`` is the generating
-    :class:`~diffusion_objectives.mixtures.GaussianMixture` of toy data (closed-form density and optimal
+    :class:`~diffusion_objectives.core.mixtures.GaussianMixture` of toy data (closed-form density and optimal
     denoiser). ``hflip``: horizontal-flip augmentation is enabled (apply :func:`random_hflip` per batch).
     ``shape`` is the per-example shape ``data.shape[1:]``.
     """

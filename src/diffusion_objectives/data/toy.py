@@ -1,5 +1,5 @@
 """2-D toy data drawn from Gaussian mixtures, whose density and optimal denoiser are closed form
-(:mod:`diffusion_objectives.mixtures`). Points are continuous: ``levels`` is None."""
+(:mod:`diffusion_objectives.core.mixtures`). Points are continuous: ``levels`` is None."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import hashlib
 
 import torch
 
-from .. import mixtures
+from ..core import mixtures
+from ..core.mixtures import GaussianMixture
 from ..errors import OptionError
-from ..mixtures import GaussianMixture
 from .dataset import Dataset
 
 __all__ = ["derive_seed", "ring", "grid", "anisotropic", "check_split"]

@@ -1,7 +1,7 @@
 r"""A diffusers ``UNet2DModel`` as a library network (``diffusers-unet2d``), through the ``diffusers`` adapter.
 
 The U-Net is called as diffusers calls it, ``unet(sample=z, timestep=τ, class_labels=c)``, with the VP latent z
-and the fractional timestep τ(λ) of a FIXED noise table (:mod:`~diffusion_objectives.adapters`, convention
+and the fractional timestep τ(λ) of a FIXED noise table (:mod:`~diffusion_objectives.interop.adapters`, convention
 ``diffusers``). Like every network here it never sees the training schedule or weighting: what its output means
 (ε̂, v̂, x̂) is the training objective's parameterization, which export maps to diffusers' ``prediction_type``.
 
@@ -29,8 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import adapters
 from ..errors import OptionError
+from ..interop import adapters
 from .base import Network, init_rng
 
 __all__ = ["DiffusersNetwork", "diffusers_unet2d", "scheduler_config", "linear_logsnr_betas", "SCHEDULER_DEFAULTS"]
@@ -60,7 +60,7 @@ def scheduler_config(logsnr_min: float = -15.0, logsnr_max: float = 13.0,
 
 class DiffusersNetwork(Network):
     """``net(z, logsnr, labels=None)`` with z ``[B, *data_shape]``: a diffusers model behind ``adapter`` (an
-    :class:`~diffusion_objectives.adapters.Adapter`), given z as ``[B, *model_shape]`` (``[D, 1, 1]`` for vector
+    :class:`~diffusion_objectives.interop.adapters.Adapter`), given z as ``[B, *model_shape]`` (``[D, 1, 1]`` for vector
     data). Conditional (``num_classes`` > 0): labels in [0, num_classes], ``None`` meaning the null label."""
 
     def __init__(self, adapter: adapters.Adapter, data_shape: Sequence[int], num_classes: int = 0):

@@ -11,12 +11,12 @@ from typing import Any
 
 import torch
 
-from .. import objectives, parameterizations, schedules, weightings
-from ..adaptive import AdaptiveSchedule
+from ..core import objectives, parameterizations, schedules, weightings
+from ..core.adaptive import AdaptiveSchedule
+from ..core.objectives import Objective
+from ..core.schedules import Schedule
 from ..data.toy import derive_seed
 from ..errors import OptionError
-from ..objectives import Objective
-from ..schedules import Schedule
 from .config import Component, DataConfig, LossConfig, NetworkConfig
 
 __all__ = ["build_objective", "build_dataset", "build_network", "complete_network_params", "check_names",

@@ -30,7 +30,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, StrictBool, StrictF
 
 from .. import networks
 from ..errors import OptionError
-from ..phema import SIGMA_REL_MAX
+from .phema import SIGMA_REL_MAX
 
 __all__ = [
     "schema",
@@ -153,7 +153,7 @@ class AdaptiveConfig:
 
 @schema
 class UncertaintyConfig:
-    """EDM2's learned uncertainty weighting (:mod:`diffusion_objectives.uncertainty`): a log-variance head u(λ)
+    """EDM2's learned uncertainty weighting (:mod:`diffusion_objectives.training.uncertainty`): a log-variance head u(λ)
     with ``channels`` Fourier features of ``bandwidth``, trained jointly; the loss becomes ℓ_w e^{−u} + D u
     (docs/objectives.md, "Learned uncertainty weighting")."""
 
@@ -164,7 +164,7 @@ class UncertaintyConfig:
 
 @schema
 class LossConfig:
-    """The objective: a preset of :mod:`diffusion_objectives.objectives` (or ``None`` to build it only
+    """The objective: a preset of :mod:`diffusion_objectives.core.objectives` (or ``None`` to build it only
     from the three components), with component overrides. ``stratified`` draws the global batch's λ on
     VDM21's antithetic grid. ``log_bins``: number of equal-width λ-bins for the logged loss per λ."""
 

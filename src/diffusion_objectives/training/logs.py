@@ -24,8 +24,8 @@ import torch
 from tqdm import tqdm
 
 from ..errors import OptionError
-from ..uncertainty import UncertaintyWeightedLoss
 from .step import StepResult
+from .uncertainty import UncertaintyWeightedLoss
 
 __all__ = ["DEFAULT_PROGRESS_INTERVAL_S", "RunLog", "progress_mode", "ProgressLines", "Interval", "Reports",
            "require_tensorboard", "weighting_record"]
@@ -222,7 +222,7 @@ class Reports:
 def weighting_record(loss_fn: UncertaintyWeightedLoss, lo: float, hi: float, bins: int) -> dict[str, Any]:
     """stats.jsonl fields at the centres λ_k of the ``bins`` logged λ-bins: the effective weighting
     w(λ) e^{−u(λ)} and the base w, each normalised to unit trapezoid integral over the centres
-    (:meth:`~diffusion_objectives.uncertainty.UncertaintyWeightedLoss.effective_weighting`), and u(λ_k)."""
+    (:meth:`~diffusion_objectives.training.uncertainty.UncertaintyWeightedLoss.effective_weighting`), and u(λ_k)."""
     edges = torch.linspace(lo, hi, bins + 1, dtype=torch.float64)
     centres = (edges[:-1] + edges[1:]) / 2
     if bins < 2:

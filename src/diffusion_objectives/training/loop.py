@@ -29,12 +29,11 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from .. import locking, phema
-from ..adaptive import AdaptiveSchedule
+from .. import locking
+from ..core.adaptive import AdaptiveSchedule
 from ..errors import OptionError
-from ..uncertainty import LogVarianceHead, UncertaintyWeightedLoss
 from . import checkpoint as ckpt_io
-from . import distributed, rundir
+from . import distributed, phema, rundir
 from .build import build_dataset, build_network, build_objective, complete_network_params, derive_seed
 from .config import GUARDED_KEYS, TrainConfig, diff, dump_yaml, format_diff, from_dict, to_dict, validate
 from .distributed import Dist
@@ -62,6 +61,7 @@ from .step import (
     step_generator,
     train_step,
 )
+from .uncertainty import LogVarianceHead, UncertaintyWeightedLoss
 
 __all__ = ["train", "TrainingError", "NonFiniteError", "TrainingInterrupted", "DEFAULT_PROGRESS_INTERVAL_S",
            "learning_rate", "ema_beta", "step_generator", "TrainState", "StepStatistics"]

@@ -2,7 +2,7 @@
 
 A run trained with ``ema.posthoc_sigma_rels`` leaves power-function EMA snapshots in ``RUN/phema/``.
 :func:`write_checkpoint` reconstructs the EMA of any relative width σ_rel from them
-(:func:`diffusion_objectives.phema.reconstruct`, EDM2 Algorithm 3) and publishes it as an ordinary training
+(:func:`diffusion_objectives.training.phema.reconstruct`, EDM2 Algorithm 3) and publishes it as an ordinary training
 checkpoint (:func:`.checkpoint.save`): the reconstruction as the EMA weights, the run's config, and the raw
 weights and adaptive-schedule state of the run's own checkpoint at the same step when it has one (else the raw
 weights are the reconstruction too). ``load_for_inference`` and every command that reads a checkpoint then
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from .. import phema
 from ..errors import OptionError
 from . import checkpoint as ckpt_io
+from . import phema
 from .rundir import PHEMA_DIR
 
 __all__ = ["PHEMA_DIR", "Reconstruction", "reconstruct", "write_checkpoint"]

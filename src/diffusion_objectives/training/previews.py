@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import samplers
 from ..data import save_image_grid
+from ..sampling import samplers
 from .build import derive_seed
 
 __all__ = ["preview_noise", "write_preview"]

@@ -2,7 +2,7 @@ r"""One optimizer step of the training loop, as named functions on a :class:`Tra
 
 :func:`train_step` is :func:`draw_batch` → :func:`forward_backward` → :func:`reduce_statistics` →
 :func:`update` (or :func:`skip_update`); it reads the run's fixed parts from a :class:`StepContext` and changes
-only the :class:`TrainState`, so one step can be run, and checked, in-process (tests/test_training_step.py).
+only the :class:`TrainState`, so one step can be run, and checked, in-process (tests/training/test_training_step.py).
 
 1. global batch ``step``: indices ``data.batch_indices(N, B, seed, step)`` (a function of (seed, step)
    only); this process takes the rank-th contiguous B/W of it, in ``grad_accum`` micro-batches;
@@ -12,7 +12,7 @@ only the :class:`TrainState`, so one step can be run, and checked, in-process (t
    (seed, step) only: resuming needs no RNG state, and W processes see the same ε and λ as one;
 3. the loss ½ (w(λ)/p(λ)) ‖ε̂ − ε‖² (KG23 Eq. 8, :class:`~diffusion_objectives.WeightedLoss`), averaged
    over the global batch (DDP averages the per-rank means); with ``loss.uncertainty.enabled`` EDM2's
-   ℓ_w e^{−u(λ)} + D u(λ) (:class:`~diffusion_objectives.uncertainty.UncertaintyWeightedLoss`), the head u
+   ℓ_w e^{−u(λ)} + D u(λ) (:class:`~diffusion_objectives.training.uncertainty.UncertaintyWeightedLoss`), the head u
    trained in its own AdamW group, its gradients averaged over the ranks like the network's;
 4. one all-reduce of :class:`StepStatistics` (non-finite counts, stop request, loss sums per λ-bin,
    adaptive-schedule sums and counts, packed into one vector and copied to the host once; in one process on
@@ -20,7 +20,7 @@ only the :class:`TrainState`, so one step can be run, and checked, in-process (t
    adaptive schedule (docs/theory.md, "The adaptive schedule") holds the same state everywhere;
 5. AdamW with linear warm-up over ``warmup_images`` (and optional 1/√ decay), gradient clipping, and an
    EMA of the weights with β = 0.5^(B / half-life) (half-life in images); with ``ema.posthoc_sigma_rels``
-   EDM2's power-function EMAs too (:class:`~diffusion_objectives.phema.PowerEMA`).
+   EDM2's power-function EMAs too (:class:`~diffusion_objectives.training.phema.PowerEMA`).
 """
 
 from __future__ import annotations
@@ -35,15 +35,14 @@ import torch
 from torch import Tensor
 
 from .. import data as data_module
-from .. import phema
-from ..adaptive import AdaptiveSchedule
-from ..uncertainty import LogVarianceHead
-from . import distributed
+from ..core.adaptive import AdaptiveSchedule
+from . import distributed, phema
 from .build import derive_seed
 from .config import TrainConfig
 from .distributed import Dist
 from .precision import Precision
 from .precision import autocast as precision_autocast
+from .uncertainty import LogVarianceHead
 
 __all__ = ["TrainingError", "NonFiniteError", "learning_rate", "ema_beta", "step_generator", "TrainState",
            "StepContext", "StepStatistics", "StepResult", "Batch", "Backward", "train_step", "draw_batch",
