@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from .. import locking
 from ..core import objectives
@@ -45,7 +46,10 @@ from ..core.schedules import Schedule
 from ..core.theory import augmentation_density
 from ..core.weightings import Weighting
 from ..errors import OptionError
+from ..evaluation.protocol import sample_shape
+from ..interop import pipelines
 from ..sampling import samplers
+from ..training.checkpoint import load_for_inference
 
 __all__ = ["check_output_dir", "check_output_path", "write_atomic", "write_json", "staged_dir", "finite_float",
            "NAME_MAX", "add_checkpoint_argument", "add_checkpoint_arguments", "load_checkpoint", "checkpoint_info",
@@ -233,10 +237,7 @@ def load_checkpoint(args: argparse.Namespace, path: str | None = None):
     """:func:`~diffusion_objectives.training.load_for_inference` of ``path`` (default ``args.checkpoint``) with
     ``args.ema`` and ``args.device`` (warnings on stderr), or :func:`~diffusion_objectives.interop.pipelines.
     load_diffusers_pipeline` of a diffusers pipeline directory (``--data``)."""
-    import torch
 
-    from ..interop import pipelines
-    from ..training.checkpoint import load_for_inference
 
     device = args.device
     if device == "auto":
@@ -269,7 +270,6 @@ def progress_bar(args: argparse.Namespace) -> Callable[[str, int], Any] | None:
     """A tqdm factory ``bar(description, total)`` on stderr (shown on terminals), or None with --no-progress."""
     if args.no_progress:
         return None
-    from tqdm import tqdm
 
     return lambda desc, total: tqdm(desc=desc, total=total, file=sys.stderr, dynamic_ncols=True, disable=None,
                                     leave=False)
@@ -410,7 +410,6 @@ ELBO_BYTES_PER_DRAW = 48
 def sample_bytes(loaded, count: int) -> int:
     """Estimated memory of ``count`` samples held until they are written: the float32 batches and their
     concatenation, the float64 quantization, the uint8 pixels, and the seed list."""
-    from ..evaluation.protocol import sample_shape
 
     return count * (math.prod(sample_shape(loaded)) * 21 + 120)
 

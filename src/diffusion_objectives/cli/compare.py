@@ -19,7 +19,7 @@ from ..errors import OptionError
 from ..study import launchers as L
 from ..study import runner as S
 from ..training import config as tconfig
-from ._common import check_output_dir
+from ._common import check_output_dir, parse_seeds
 
 EXAMPLES = """examples:
   diffobj compare --out runs/study                       the default study (about 10 minutes on 2 CPU cores)
@@ -65,7 +65,6 @@ def _load_config(path: str, base: S.StudyConfig) -> S.StudyConfig:
 
 
 def _seeds(text: str) -> list[int]:
-    from ._common import parse_seeds
 
     return parse_seeds(text)
 

@@ -25,6 +25,9 @@ import io
 import sys
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from ..errors import OptionError
 from ..evaluation import protocol as E
 from ._common import (
@@ -67,7 +70,6 @@ def plot_png(summary: dict, title: str) -> bytes:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     edges = np.asarray(summary["per_logsnr_bin"]["edges"])
     values = np.asarray(summary["per_logsnr_bin"]["diffusion"])
@@ -104,7 +106,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _elbo(args: argparse.Namespace, loaded, out: Path) -> int:
-    import torch
 
     with flags(n="--n"):
         x, labels, levels = E.elbo_examples(loaded, args.split, args.n)

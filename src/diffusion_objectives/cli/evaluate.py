@@ -28,9 +28,14 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+import torch
+
+from .. import data
 from ..errors import OptionError
 from ..evaluation import protocol as E
 from ..evaluation.metrics import extractors
+from ..evaluation.metrics.reference import read_npz
 from . import _common as common
 
 EXAMPLES = """examples:
@@ -62,11 +67,7 @@ def read_samples(path: str | Path, levels: int | None, shape: tuple[int, ...]):
     """Samples written by ``diffobj sample``: (x ``[N, ...]`` float32, labels or None, seeds or None, the
     ``samples.json`` record or None). Images are read as the ``npz`` dataset with ``levels``; ``shape`` is the
     model's sample shape ``(C, H, W)`` or ``(D,)``, which the samples must have."""
-    import numpy as np
-    import torch
 
-    from .. import data
-    from ..evaluation.metrics.reference import read_npz
 
     p = Path(path)
     if p.is_dir():
@@ -158,7 +159,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace, loaded, metrics: list[str] | None, settings, out: Path) -> int:
-    import torch
 
     image = E.is_image(loaded)
     metrics = metrics or parse_metrics(None, image)

@@ -19,6 +19,7 @@ import argparse
 import sys
 
 from ..errors import OptionError
+from ..interop import pipelines
 from ._common import add_checkpoint_argument, add_command, check_output_dir, load_checkpoint, staged_dir
 
 EXAMPLES = """examples:
@@ -32,7 +33,6 @@ TARGETS = ("diffusers",)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..interop import pipelines
 
     if args.to not in TARGETS:
         raise OptionError(f"--to: unknown target {args.to!r}; choose from: {', '.join(TARGETS)}")

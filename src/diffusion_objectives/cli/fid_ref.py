@@ -15,7 +15,11 @@ import sys
 
 import yaml
 
+from .. import data
 from ..errors import OptionError
+from ..evaluation import metrics as M
+from ..evaluation.metrics import extractors
+from ..evaluation.protocol import default_extractor, extract_features
 from ._common import add_command, check_output_path, progress_bar, write_atomic
 
 EXAMPLES = """examples:
@@ -41,9 +45,6 @@ def parse_params(items: list[str]) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import data
-    from ..evaluation import metrics as M
-    from ..evaluation.protocol import default_extractor, extract_features
 
     params = parse_params(args.params)
     out = check_output_path(args.out, formats=(".npz",))
@@ -80,8 +81,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from .. import data
-    from ..evaluation.metrics import extractors
 
     p = add_command(sub, "fid-ref", "reference statistics (mu, sigma) of a dataset for FD/FID", sys.modules[__name__])
     p.add_argument("dataset", metavar="DATASET", help="dataset name: " + ", ".join(data.names()))

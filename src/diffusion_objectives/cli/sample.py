@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..data import image_grid, quantize, scatter_points
 from ..errors import OptionError
@@ -83,7 +84,6 @@ def to_pixels(x, levels: int | None):
 
 
 def _png_bytes(pixels: np.ndarray) -> bytes:
-    from PIL import Image
 
     buf = io.BytesIO()
     Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(buf, format="PNG")

@@ -24,6 +24,8 @@ import os
 import sys
 
 from ..errors import OptionError
+from ..training import build, config, distributed, loop, precision, rundir
+from ..training.config import preset_names
 from ._common import check_output_dir
 
 EXAMPLES = """examples:
@@ -42,7 +44,6 @@ EXAMPLES = """examples:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ..training.config import preset_names
 
     p = sub.add_parser("train", help="train a model (presets, YAML configs, --set overrides, resume, DDP)",
                        description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -76,7 +77,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _resolve_precision_here(cfg) -> None:
     """Print how ``run.precision`` resolves on this machine and put the result into ``cfg`` (as training does)."""
-    from ..training import distributed, precision
 
     where = ""
     try:
@@ -91,7 +91,6 @@ def _resolve_precision_here(cfg) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training import build, config, distributed, loop, rundir
 
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     try:

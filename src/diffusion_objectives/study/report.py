@@ -7,12 +7,13 @@ always agree (a test checks it cell by cell).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import os
 import platform
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -374,8 +375,6 @@ def _machine() -> dict[str, Any]:
 def write_report(study, entries, records: list[dict[str, Any]], out: str | Path, *,
                  wall_seconds: float) -> dict[str, Any]:
     """Write ``results.json``, ``report.md`` and the plots into ``out``; return the results dict."""
-    import datetime as dt
-    from dataclasses import asdict
 
     out = Path(out)
     rows = summarise(entries, records)

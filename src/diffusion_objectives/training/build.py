@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from .. import data as data_module
+from .. import networks
 from ..core import objectives, parameterizations, schedules, weightings
 from ..core.adaptive import AdaptiveSchedule
 from ..core.objectives import Objective
@@ -93,7 +95,6 @@ def build_objective(loss: LossConfig) -> Objective:
 
 def build_dataset(data: DataConfig, **overrides: Any) -> Any:
     """``diffusion_objectives.data.get(data.name, **data.params, **overrides)``."""
-    from .. import data as data_module
 
     return data_module.get(data.name, **(data.params | overrides))
 
@@ -103,7 +104,6 @@ def complete_network_params(network: NetworkConfig, dataset: Any, seed: int) -> 
     left out, read from ``dataset`` (``dim``, ``in_channels``, ``resolution``, ``num_classes``), and the
     initialisation ``seed`` (derived from the run's seed). The result is what the resolved config stores,
     so a checkpoint rebuilds its network without the data."""
-    from .. import networks
 
     accepted = networks.REGISTRY.parameters(network.name)
     shape = tuple(dataset.shape)
@@ -126,7 +126,6 @@ def complete_network_params(network: NetworkConfig, dataset: Any, seed: int) -> 
 
 def build_network(network: NetworkConfig) -> torch.nn.Module:
     """``diffusion_objectives.networks.get(network.name, **network.params)``."""
-    from .. import networks
 
     return networks.get(network.name, **network.params)
 
@@ -134,8 +133,6 @@ def build_network(network: NetworkConfig) -> torch.nn.Module:
 def check_names(cfg: Any) -> None:
     """Fail fast (before any data is loaded) on unknown dataset/network names or parameters and on a loss
     that cannot be built; raises :class:`OptionError` naming the key."""
-    from .. import data as data_module
-    from .. import networks
 
     for key, registry, comp in (("data", data_module.REGISTRY, cfg.data), ("network", networks.REGISTRY,
                                                                              cfg.network)):

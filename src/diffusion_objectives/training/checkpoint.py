@@ -43,6 +43,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from ..errors import OptionError
+from .build import build_dataset, build_network, build_objective
+from .config import TrainConfig, from_dict
 
 __all__ = [
     "FORMAT_VERSION",
@@ -500,8 +502,6 @@ def load_for_inference(path: str | Path, ema: bool = True, device: str | torch.d
 
     Raises :class:`~diffusion_objectives.errors.OptionError` (a :class:`CheckpointError` for a corrupt
     checkpoint or an unknown format version) with a message naming the path."""
-    from .build import build_dataset, build_network, build_objective
-    from .config import TrainConfig, from_dict
 
     ckpt = load(resolve_path(path, warn))
     cfg = from_dict(TrainConfig, ckpt.config)
