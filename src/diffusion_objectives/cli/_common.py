@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from .. import locking
+from .. import locking, plotting
 from ..core import objectives
 from ..core.schedules import Schedule
 from ..core.theory import augmentation_density
@@ -480,13 +480,8 @@ def print_augmentation(weighting: Weighting, lo: float, hi: float) -> None:
 def plot(resolved: list[Resolved], lo: float, hi: float, out: Path) -> None:
     """w(λ)/max w, p(λ) and (monotone ones) the augmentation density p_w of each entry, on one λ axis, written
     atomically to ``out`` (already checked with ``check_output_path(..., formats=PLOT_FORMATS)``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     grid = torch.linspace(lo, hi, 2001, dtype=torch.float64)
-    fig, axes = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
+    fig, axes = plotting.subplots(3, 1, figsize=(8, 9), sharex=True)
     for r in resolved:
         w = r.weighting(grid)
         axes[0].plot(grid, w / w.max(), label=r.label)
@@ -506,6 +501,5 @@ def plot(resolved: list[Resolved], lo: float, hi: float, out: Path) -> None:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format=out.suffix.lower()[1:], dpi=120)
-    plt.close(fig)
     write_atomic(out, buf.getvalue())
     print(f"wrote {out}")

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import plotting
 from ..errors import OptionError
 from ..evaluation import protocol as E
 from ._common import (
@@ -66,15 +67,10 @@ def csv_text(summary: dict) -> str:
 
 
 def plot_png(summary: dict, title: str) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     edges = np.asarray(summary["per_logsnr_bin"]["edges"])
     values = np.asarray(summary["per_logsnr_bin"]["diffusion"])
     unit = summary["unit"]
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plotting.subplots(figsize=(8, 4))
     ax.bar(edges[:-1], values, width=np.diff(edges), align="edge", alpha=0.7, label="diffusion term per bin")
     ax.set_xlabel("log-SNR λ  (noise ←  → data)")
     ax.set_ylabel(f"−ELBO per bin [{unit}]")
@@ -87,7 +83,6 @@ def plot_png(summary: dict, title: str) -> bytes:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
     return buf.getvalue()
 
 

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .. import plotting
 from ..data import image_grid, quantize, scatter_points
 from ..errors import OptionError
 from ..evaluation import protocol as E
@@ -117,21 +118,15 @@ def _write_images(x, labels, seeds: list[int], levels: int | None, out: Path, pe
 
 
 def _write_points(x, seeds: list[int], out: Path, title: str) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     points = x.numpy().astype(np.float32)
     write_atomic(out / "samples.npz", _npz_writer(arr_0=points, seeds=np.asarray(seeds, dtype=np.int64)))
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, ax = plotting.subplots(figsize=(5, 5))
     scatter_points(ax, points)
     ax.set_title(title, fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
     write_atomic(out / "samples.png", buf.getvalue())
     return ["samples.npz", "samples.png"]
 

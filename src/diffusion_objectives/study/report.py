@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import plotting
 from ..core.theory import augmentation_density
 from ..data import image_grid, scatter_points
 from ..evaluation.protocol import METRICS
@@ -148,25 +149,15 @@ def _markdown_table(head: list[str], body: list[list[str]]) -> str:
 
 # ---- plots ---------------------------------------------------------------------------------------------------
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
 
 
 def _plot_weightings(entries, path: Path) -> None:
     """w(λ)/max w of every fixed weighting, and the noise-augmentation density implied by each monotone one."""
     lam = torch.linspace(-15, 15, 1201, dtype=torch.float64)
-    fig, axes = _pyplot().subplots(1, 2, figsize=(13, 4.5))
+    fig, axes = plotting.subplots(1, 2, figsize=(13, 4.5))
     for e in entries:
         if e.adaptive or getattr(e, "uncertainty", False):
             continue
@@ -193,7 +184,7 @@ def _stats(record: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _plot_training_curves(entries, records: list[dict[str, Any]], path: Path) -> None:
     """Per entry, the seed-averaged training loss over its final value."""
-    fig, ax = _pyplot().subplots(figsize=(8, 4.5))
+    fig, ax = plotting.subplots(figsize=(8, 4.5))
     for e in entries:
         curves = [[(s["step"], s["loss"]) for s in _stats(r) if s.get("loss") is not None]
                   for r in records if r["entry"] == e.label]
@@ -213,7 +204,7 @@ def _plot_training_curves(entries, records: list[dict[str, Any]], path: Path) ->
 def _plot_metrics(rows: list[dict[str, Any]], path: Path) -> None:
     """One bar chart per named metric output present (mean ± SE over seeds), coloured by monotonicity."""
     present = [c for c in columns() if c[0] != "train_seconds" and any(c[0] in r["metrics"] for r in rows)]
-    fig, axes = _pyplot().subplots(len(present), 1, figsize=(9, 2.4 * len(present)), squeeze=False)
+    fig, axes = plotting.subplots(len(present), 1, figsize=(9, 2.4 * len(present)), squeeze=False)
     for ax, (key, head, _) in zip(axes[:, 0], present, strict=True):
         xs = [i for i, r in enumerate(rows) if key in r["metrics"]]
         ys = [rows[i]["metrics"][key]["mean"] for i in xs]
@@ -231,7 +222,7 @@ def _plot_samples(entries, records: list[dict[str, Any]], path: Path) -> None:
     """Per entry, the samples its first run kept: a scatter plot of 2-D points or an image grid."""
     cols = min(5, len(entries))
     nrows = math.ceil(len(entries) / cols)
-    fig, axes = _pyplot().subplots(nrows, cols, figsize=(2.6 * cols, 2.6 * nrows), squeeze=False)
+    fig, axes = plotting.subplots(nrows, cols, figsize=(2.6 * cols, 2.6 * nrows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, e in zip(axes.flat, entries, strict=False):
@@ -317,11 +308,10 @@ def _shift_sentence(s: dict[str, Any]) -> str:
 def _plot_effective_weightings(entries, records: list[dict[str, Any]], path: Path) -> None:
     """One panel per ``+uncertainty`` entry: the base w and the effective w e^{−u} (both normalised) at several
     points of training (seed 0's run; the final one averaged over seeds, bold)."""
-    plt = _pyplot()
     mine = [e for e in entries if getattr(e, "uncertainty", False)]
     cols = min(4, len(mine))
-    fig, axes = plt.subplots(math.ceil(len(mine) / cols), cols, figsize=(4.2 * cols, 3.4 * math.ceil(len(mine) / cols)),
-                             squeeze=False)
+    rows = math.ceil(len(mine) / cols)
+    fig, axes = plotting.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
     for ax in axes.flat[len(mine):]:
         ax.axis("off")
     for ax, e in zip(axes.flat, mine, strict=False):
@@ -332,7 +322,7 @@ def _plot_effective_weightings(entries, records: list[dict[str, Any]], path: Pat
         picks = sorted({int(round(q * (len(hists[0]) - 1))) for q in (0.0, 0.25, 0.5, 0.75)})
         for k in picks:
             rec = hists[0][k]
-            ax.plot(lam, rec["w_eff_per_logsnr_bin"], color=plt.cm.viridis(k / max(len(hists[0]) - 1, 1)),
+            ax.plot(lam, rec["w_eff_per_logsnr_bin"], color=plotting.colormap("viridis")(k / max(len(hists[0]) - 1, 1)),
                     lw=0.8, label=f"w_eff, step {rec['step']}")
         ax.plot(lam, np.mean([h[-1]["w_eff_per_logsnr_bin"] for h in hists], axis=0), color="C3", lw=2,
                 label=f"w_eff, final (mean of {len(hists)} seeds)")

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..data import save_image_grid
+from .. import plotting
+from ..data import save_image_grid, scatter_points
 from ..sampling import samplers
 from .build import derive_seed
 
@@ -59,21 +60,10 @@ def write_preview(ema: torch.nn.Module, objective: Any, dataset: Any, noise: Ten
 
 def _scatter(x: Tensor, dataset: Any, path: Path) -> None:
     """Samples [n, 2] over the first n data points, on equal axes."""
-    import matplotlib  # heavy: imported when a 2-D preview is drawn (as everywhere in the package)
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, ax = plotting.subplots(figsize=(5, 5))
     ref = dataset.data[: x.shape[0]]
-    ax.scatter(ref[:, 0], ref[:, 1], s=2, alpha=0.3, color="0.6", label="data")
-    ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.6, color="C0", label="samples (EMA)")
-    lim = float(ref.abs().max()) * 1.3
-    ax.set_xlim(-lim, lim)
-    ax.set_ylim(-lim, lim)
-    ax.set_aspect("equal")
+    scatter_points(ax, x, reference=ref, limit=float(ref.abs().max()) * 1.3, alpha=0.6)
     ax.legend(loc="upper right", fontsize=8, markerscale=4)
     ax.set_title(path.stem)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
