@@ -19,7 +19,7 @@ from diffusion_objectives.registry import Registry
 from diffusion_objectives.study import report
 from diffusion_objectives.training import load_for_inference
 
-RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
+RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
 
 
 @pytest.fixture(scope="module")
@@ -253,6 +253,11 @@ def test_report_reads_the_outputs_of_any_registered_metric_by_name(monkeypatch):
             for e, mono, v in (("a", True, 0.9), ("b", False, 0.2))]
     head, body = report._table(rows)
     assert head[3:] == ["sharpness ↑"] and [b[3] for b in body] == ["0.9000 ± 0.0100", "0.2000 ± 0.0100"]
+
+
+def test_the_committed_results_are_found():
+    """Guards the parametrization below, which would be empty (and skipped) if the path were wrong."""
+    assert {"default", "digits", "adaptive"} <= {p.parent.name for p in RESULTS.glob("*/results.json")}
 
 
 @pytest.mark.parametrize("study", sorted(p.parent.name for p in RESULTS.glob("*/results.json")))
