@@ -19,6 +19,7 @@ or on one process: ``python examples/accelerate_train.py --steps 100``. Each pro
 from __future__ import annotations
 
 import argparse
+import gc
 from pathlib import Path
 
 import torch
@@ -82,6 +83,10 @@ def main() -> None:
     params = torch.cat([q.detach().reshape(-1) for q in accelerator.unwrap_model(model).parameters()])
     torch.save({"params": params, "adaptive": schedule.state_dict(), "world": world}, out_dir / f"state-rank{rank}.pt")
     accelerator.wait_for_everyone()
+    # DDP's reducer sits in reference cycles that keep gloo's threads alive past the end of the process group:
+    # collect them first, or a process can hang or abort at exit
+    del model, opt
+    gc.collect()
     accelerator.end_training()  # also ends the process group (after a barrier)
 
 
