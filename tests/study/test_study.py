@@ -238,9 +238,9 @@ def test_study_file_round_trip(name, tmp_path):
 
 
 def test_old_study_file_with_listed_overrides_loads():
-    """docs/results/fashion-mnist/study.yaml lists its overrides as KEY=VALUE items (with the deprecated
+    """docs/results/fashion-mnist-reduced/study.yaml lists its overrides as KEY=VALUE items (with the deprecated
     run.bf16): it still loads, and its runs resolve."""
-    path = Path(__file__).parents[2] / "docs" / "results" / "fashion-mnist" / "study.yaml"
+    path = Path(__file__).parents[2] / "docs" / "results" / "fashion-mnist-reduced" / "study.yaml"
     study = compare_cli._load_config(str(path), S.study_preset("default"))
     assert study.overrides == {"run.bf16": True, "run.checkpoint_every": 200, "run.sample_every": 0,
                                "run.log_every": 20}
