@@ -377,9 +377,9 @@ def write_report(study, entries, records: list[dict[str, Any]], out: str | Path,
     }
     if any(r.get("ema_sweep") for r in records):
         results["ema_sweep"] = ema_sweep_summary(entries, records, primary_metric(rows))
-    if any(r.get("uncertainty") or r.get("adaptive") for r in rows):
-        results["variant_effects"] = [v for key in (primary_metric(rows), "bpd", "loss_rel_std")
-                                      for v in variant_effects(rows, key)]
+    effects = [v for key in (primary_metric(rows), "bpd", "loss_rel_std") for v in variant_effects(rows, key)]
+    if effects:  # a +adaptive/+uncertainty entry beside its base entry
+        results["variant_effects"] = effects
         results["weighting_shift"] = weighting_shift(entries, records)
     results["plots"] = _plots(entries, rows, records, out)
     (out / "results.json").write_text(json.dumps(results, indent=1))
@@ -479,7 +479,8 @@ def render_markdown(results: dict[str, Any]) -> str:
     p = study["evaluation"]
     first = results["runs"][0] if results["runs"] else {}
     steps_per_s = [r["steps_per_s"] for r in results["runs"] if r.get("steps_per_s")]
-    title = ("KG23's adaptive schedule vs EDM2's learned uncertainty weighting" if "variant_effects" in results
+    learned = any(r.get("uncertainty") for r in results["summary"])
+    title = ("KG23's adaptive schedule vs EDM2's learned uncertainty weighting" if learned
              else "Monotone vs non-monotone weightings (KG23)")
     lines = [
         f"# {title}",
