@@ -255,3 +255,19 @@ def test_old_study_file_with_listed_overrides_loads():
 def test_study_fields_of_the_wrong_type_name_the_key(changes, key):
     with pytest.raises(OptionError, match=re.escape(f"study key {key!r}")):
         S.replace_fields(S.study_preset("default"), **changes)
+
+
+def test_report_title_and_variant_section_follow_the_grid():
+    """An +adaptive entry without its base entry (the Fashion-MNIST grid) gives no variant section and KG23's
+    title; a grid with learned-weighting entries beside their bases (the adaptive study) gives both."""
+    from diffusion_objectives.study import report
+
+    results = Path(__file__).parents[2] / "docs" / "results"
+    fashion_results = json.loads((results / "fashion-mnist" / "results.json").read_text())
+    for extra in ({}, {"variant_effects": []}):  # as the report wrote it before: an empty list
+        fashion = report.render_markdown({**fashion_results, **extra})
+        assert fashion.startswith("# Monotone vs non-monotone weightings (KG23)")
+        assert "## Variants against their base entry" not in fashion
+    adaptive = report.render_markdown(json.loads((results / "adaptive" / "results.json").read_text()))
+    assert adaptive.startswith("# KG23's adaptive schedule vs EDM2's learned uncertainty weighting")
+    assert "## Variants against their base entry" in adaptive

@@ -450,7 +450,7 @@ def _ema_sweep_section(results: dict[str, Any]) -> list[str]:
 def _variant_section(results: dict[str, Any]) -> list[str]:
     """The ``+adaptive``/``+uncertainty`` entries against their base entry, and where the learned weighting
     moved the objective (only in studies with such entries)."""
-    if "variant_effects" not in results:
+    if not results.get("variant_effects"):
         return []
     body = [[v["entry"], v["base"], v["metric"], f"{v['difference']:+.4g}",
              f"{v['se']:.2g}" if v["se"] is not None else "—", f"{v['z']:+.1f}" if v["z"] is not None else "—"]
