@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import statistics
 import tempfile
 import time
@@ -33,9 +32,10 @@ from diffusion_objectives import training
 from diffusion_objectives.training import step as step_module
 from diffusion_objectives.training.step import ema_beta, learning_rate
 
-# preset -> (measured steps, warm-up steps, checkpoint interval inside a block, rounds)
-SIZES = {"toy2d": (40, 10, 20, 5), "digits": (10, 2, 5, 3)}
+# preset -> (measured steps per round, warm-up steps, checkpoint interval inside a round, rounds)
+SIZES = {"toy2d": (150, 10, 50, 5), "digits": (30, 3, 10, 3)}
 QUICK = {"toy2d": (6, 2, 3, 1), "digits": (5, 1, 3, 1)}
+ABLATION_STEPS = 60  # measured steps per ablation round (toy2d fp32)
 
 
 def real_config(preset: str, steps: int, ckpt_every: int, bf16: bool, adaptive: bool, quick: bool):
@@ -47,20 +47,82 @@ def real_config(preset: str, steps: int, ckpt_every: int, bf16: bool, adaptive: 
     return training.resolve(preset, steps=steps, overrides=overrides)
 
 
-def run_real(cfg, warm: int, workdir: Path) -> dict:
-    """One ``train`` run, timed by ``on_step`` stamps after ``warm`` steps. Interval k is the work between
-    the stamps of steps k − 1 and k: step k itself, the stats record when step k logs (every
-    ``log_every`` steps and at checkpoints), and the checkpoint written after step k − 1 if there was one.
-    Returns the median plain step and the extra time of a logging step (:func:`_common.clock`), and the
-    extra *wall* time of a checkpoint save (it waits on fsync, which CPU time does not see)."""
-    stamps: list[tuple[float, float]] = []
+class BareStep:
+    """The bare loop, one step per call: the same network (same init), AdamW with the same learning-rate warm-up,
+    batch and ``WeightedLoss``, and nothing else; with ``clip_and_ema`` also the loop's gradient clipping (as
+    ``torch.nn.utils.clip_grad_norm_``) and EMA, the two features that cost a pass over the parameters. A call
+    returns the step's :func:`_common.clock` time."""
+
+    def __init__(self, cfg, clip_and_ema: bool = False):
+        self.cfg, self.clip_and_ema = cfg, clip_and_ema
+        self.dataset = training.build_dataset(cfg.data)
+        net_cfg = training.complete_network_params(cfg.network, self.dataset, cfg.seed)
+        self.conditional = net_cfg.conditional
+        self.loss_fn = training.build_objective(copy.deepcopy(cfg.loss)).loss()
+        self.net = training.build_network(net_cfg).train()
+        self.ema = copy.deepcopy(self.net).eval().requires_grad_(False)
+        self.params, self.ema_params = list(self.net.parameters()), list(self.ema.parameters())
+        o = cfg.optim
+        self.opt = torch.optim.AdamW(self.params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay,
+                                     fused=True)  # as the training loop
+        self.gen = torch.Generator().manual_seed(0)
+        self.autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.run.precision == "bf16")
+        self.step = 0
+
+    def __call__(self) -> float:
+        cfg, B, o = self.cfg, self.cfg.run.batch_size, self.cfg.optim
+        for group in self.opt.param_groups:  # the loop's warm-up, so both follow the same trajectory
+            group["lr"] = learning_rate(cfg, self.step * B)
+        t0 = C.clock()
+        idx = torch.randint(len(self.dataset), (B,), generator=self.gen)
+        x = self.dataset.data[idx]
+        labels = self.dataset.labels[idx] if self.conditional else None
+        lam = self.loss_fn.schedule.sample(B, self.gen)
+        eps = torch.randn(x.shape, generator=self.gen)
+        with self.autocast:
+            out = self.loss_fn.loss_at(self.net, x, eps, lam, labels)
+        out.loss.mean().backward()
+        if self.clip_and_ema:
+            torch.nn.utils.clip_grad_norm_(self.params, o.grad_clip or float("inf"))
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        if self.clip_and_ema:
+            with torch.no_grad():
+                torch._foreach_lerp_(self.ema_params, [q.detach() for q in self.params],
+                                     1.0 - ema_beta(cfg, self.step * B))
+        seconds = C.clock() - t0
+        self.step += 1
+        return seconds
+
+
+def run_round(cfg, warm: int, workdir: Path, bares: dict[str, BareStep]) -> dict:
+    """One ``train`` run with the bare loops stepping *inside* it: after every step of the real loop, its
+    ``on_step`` hook runs one step of each bare loop (in alternating order). So every real step is timed next
+    to bare steps taken at the same moment, and a slow spell of the machine slows both.
+
+    Interval k of the real loop is the work between the hooks of steps k − 1 and k: step k itself, the stats
+    record when step k logs (every ``log_every`` steps and at checkpoints), and the checkpoint written after step
+    k − 1 if there was one. Returns medians after ``warm`` steps (seconds): the plain real step, each bare step,
+    the extra time of a logging step (:func:`_common.clock`) and the extra *wall* time of a checkpoint save (it
+    waits on fsync, which CPU time does not see)."""
+    stamps: list[tuple[float, float, float, float]] = []  # (clock, wall) entering and leaving the hook
+    bare_times: dict[str, list[float]] = {name: [] for name in bares}
+
+    def hook(step: int) -> None:
+        t_in, w_in = C.clock(), time.perf_counter()
+        order = list(bares) if step % 2 else list(bares)[::-1]
+        for name in order:
+            seconds = bares[name]()
+            if step > warm:
+                bare_times[name].append(seconds)
+        stamps.append((t_in, w_in, C.clock(), time.perf_counter()))
+
     run_dir = Path(tempfile.mkdtemp(dir=workdir))
-    training.train(cfg, run_dir, resume="none", progress=False, handle_signals=False,
-                   on_step=lambda step: stamps.append((C.clock(), time.perf_counter())))
+    training.train(cfg, run_dir, resume="none", progress=False, handle_signals=False, on_step=hook)
     r = cfg.run
     kinds: dict[str, list[tuple[float, float]]] = {"plain": [], "log": [], "ckpt": []}
     for k in range(warm + 1, len(stamps) + 1):
-        dtk = (stamps[k - 1][0] - stamps[k - 2][0], stamps[k - 1][1] - stamps[k - 2][1])
+        dtk = (stamps[k - 1][0] - stamps[k - 2][2], stamps[k - 1][1] - stamps[k - 2][3])
         if (k - 1) % r.checkpoint_every == 0:
             kinds["ckpt"].append(dtk)
         elif k % r.log_every == 0 or k % r.checkpoint_every == 0:
@@ -73,80 +135,48 @@ def run_real(cfg, warm: int, workdir: Path) -> dict:
     def extra(kind: str, i: int, base: float) -> float:
         return statistics.median(v[i] for v in kinds[kind]) - base if kinds[kind] else 0.0
 
-    return {"plain": plain, "log_extra": extra("log", 0, plain), "ckpt_extra": extra("ckpt", 1, plain_wall)}
+    log_extra = extra("log", 0, plain)
+    return {"real": plain + log_extra / r.log_every, "plain": plain, "log_extra": log_extra,
+            "ckpt_extra": extra("ckpt", 1, plain_wall),
+            "bare": {name: statistics.median(v) for name, v in bare_times.items()}}
 
 
-def per_step(cfg, warm: int, workdir: Path, extras: dict[str, list[float]] | None) -> float:
-    """Seconds per step of the real loop: a plain step plus the logging step's extra time amortised over
-    ``log_every``; the extras are appended to ``extras`` (checkpoint saves are amortised by the caller)."""
-    r = run_real(cfg, warm, workdir)
-    if extras is not None:
-        extras["log"].append(r["log_extra"])
-        extras["ckpt"].append(r["ckpt_extra"])
-    return r["plain"] + r["log_extra"] / cfg.run.log_every
+def rounds_of(variants: dict[str, tuple], rounds: int, warm: int, workdir: Path) -> dict[str, list[dict]]:
+    """``rounds`` rounds of each variant ``name -> (config, patches, bares)``, the order rotating per round."""
+    names = list(variants)
+    out: dict[str, list[dict]] = {n: [] for n in names}
+    for i in range(rounds):
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            cfg, patches, bares = variants[name]
+            with contextlib.ExitStack() as stack:
+                for patch in patches:
+                    stack.enter_context(patch())
+                out[name].append(run_round(cfg, warm, workdir, bares))
+        print(f"  round {i + 1}/{rounds}: " + ", ".join(
+            f"{n} {out[n][-1]['real'] / out[n][-1]['bare']['bare']:.3f}× bare" for n in names))
+    return out
 
 
-def make_bare(cfg, warm: int, steps: int, clip_and_ema: bool = False):
-    """The bare loop: same network (same init), AdamW with the same learning-rate warm-up, batch and
-    ``WeightedLoss``, and nothing else; with ``clip_and_ema`` also the loop's gradient clipping and EMA
-    (the two features that cost a pass over the parameters). Returns a callable giving the median seconds
-    per step."""
-    dataset = training.build_dataset(cfg.data)
-    net_cfg = training.complete_network_params(cfg.network, dataset, cfg.seed)
-    loss_fn = training.build_objective(copy.deepcopy(cfg.loss)).loss()
-    o = cfg.optim
-    B = cfg.run.batch_size
-    conditional = net_cfg.conditional
-
-    def run() -> float:
-        net = training.build_network(net_cfg).train()
-        ema = copy.deepcopy(net).eval().requires_grad_(False)
-        params, ema_params = list(net.parameters()), list(ema.parameters())
-        opt = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay,
-                                fused=True)  # as the training loop
-        gen = torch.Generator().manual_seed(0)
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.run.precision == "bf16")
-        times = []
-        for step in range(warm + steps):
-            for group in opt.param_groups:  # the loop's warm-up, so both follow the same trajectory
-                group["lr"] = learning_rate(cfg, step * B)
-            t0 = C.clock()
-            idx = torch.randint(len(dataset), (B,), generator=gen)
-            x = dataset.data[idx]
-            labels = dataset.labels[idx] if conditional else None
-            lam = loss_fn.schedule.sample(B, gen)
-            eps = torch.randn(x.shape, generator=gen)
-            with autocast:
-                out = loss_fn.loss_at(net, x, eps, lam, labels)
-            out.loss.mean().backward()
-            if clip_and_ema:
-                torch.nn.utils.clip_grad_norm_(params, o.grad_clip or float("inf"))
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if clip_and_ema:
-                with torch.no_grad():
-                    torch._foreach_lerp_(ema_params, [q.detach() for q in params], 1.0 - ema_beta(cfg, step * B))
-            if step >= warm:
-                times.append(C.clock() - t0)
-        return statistics.median(times)
-
-    return run
+def ratio(rs: list[dict], of: str = "bare") -> dict:
+    """Median and quartiles over rounds of (real step)/(bare step ``of``), both measured in the same round."""
+    r = [x["real"] / x["bare"][of] for x in rs]
+    return {"median": statistics.median(r), "q25": C.quantile(r, 0.25), "q75": C.quantile(r, 0.75), "rounds": r}
 
 
-# In-situ ablations of the real loop: each removes one piece while ``train`` runs (monkeypatching torch
-# or the loop's module attributes), so the saving is measured where it happens (cold caches included).
+# In-situ ablations of the real loop: each removes one piece while ``train`` runs (monkeypatching the step's
+# module attributes), so the saving is measured where it happens (cold caches included).
 def _no_clip():
-    return mock.patch("torch.nn.utils.clip_grad_norm_", lambda *a, **k: torch.zeros(()))
+    return mock.patch.object(step_module, "clip_gradients", lambda *a, **k: torch.zeros(()))
 
 
 def _no_ema():
-    return mock.patch("torch._foreach_lerp_", lambda *a, **k: None)
+    return mock.patch("torch._foreach_lerp_", lambda *a, **k: None)  # the bare loop here has no EMA
 
 
 @contextlib.contextmanager
 def _no_dropout_seeding():
     with mock.patch("torch.random.fork_rng", lambda *a, **k: contextlib.nullcontext()), \
-            mock.patch("torch.manual_seed", lambda seed: None):
+            mock.patch.object(step_module, "_seed_dropout", lambda *a, **k: None):
         yield
 
 
@@ -158,17 +188,17 @@ def _no_step_streams():
         yield
 
 
+def _no_statistics():
+    """reduce_statistics replaced by a constant: no finite check, no loss sum."""
+    zeros = [torch.zeros((), dtype=torch.float64)] * 5
+    return mock.patch.object(step_module, "reduce_statistics", lambda *a, **k: step_module.StepStatistics(*zeros))
+
+
 ABLATIONS = {"− gradient clipping": [_no_clip], "− EMA": [_no_ema],
-             "− dropout RNG fork + torch.manual_seed": [_no_dropout_seeding],
-             "− per-step generators + data.batch_indices": [_no_step_streams]}
-ABLATIONS["− all four"] = [f for fs in ABLATIONS.values() for f in fs]
-
-
-def ablated(cfg, warm: int, workdir: Path, patches) -> float:
-    with contextlib.ExitStack() as stack:
-        for patch in patches:
-            stack.enter_context(patch())
-        return per_step(cfg, warm, workdir, None)
+             "− dropout RNG fork + seeding": [_no_dropout_seeding],
+             "− per-step generators + data.batch_indices": [_no_step_streams],
+             "− step statistics": [_no_statistics]}
+ABLATIONS["− all five"] = [f for fs in ABLATIONS.values() for f in fs]
 
 
 def seeding_cost(calls: int = 200) -> dict[str, float]:
@@ -203,50 +233,45 @@ def main() -> None:
                 print(f"{preset} {dtype}: {rounds} rounds of {steps} steps after {warm} warm-up steps")
                 cfg = real_config(preset, warm + steps, ckpt_every, bf16, adaptive=False, quick=args.quick)
                 cfg_adaptive = real_config(preset, warm + steps, ckpt_every, bf16, adaptive=True, quick=args.quick)
-                extras: dict[str, list[float]] = {"log": [], "ckpt": []}
-                timings = C.interleaved({
-                    "bare": make_bare(cfg, warm, steps),
-                    "bare + clip + EMA": make_bare(cfg, warm, steps, clip_and_ema=True),
-                    "diffobj": functools.partial(per_step, cfg, warm, work, extras),
-                    "diffobj + adaptive": functools.partial(per_step, cfg_adaptive, warm, work, None),
-                }, rounds, warmup=0)
-                r_bare = timings.ratio("diffobj", "bare")
-                r_feat = timings.ratio("diffobj", "bare + clip + EMA")
-                r_adaptive = timings.ratio("diffobj + adaptive", "bare")
-                ckpt_s = statistics.median(extras["ckpt"])
-                amortised = ckpt_s / preset_ckpt_every / timings.median("bare")
-                total = r_bare["median"] - 1 + amortised
-                machinery = r_feat["median"] - 1 + amortised
+                bares = {"bare": BareStep(cfg), "bare + clip + EMA": BareStep(cfg, clip_and_ema=True)}
+                out = rounds_of({"diffobj": (cfg, [], bares), "diffobj + adaptive": (cfg_adaptive, [], bares)},
+                                rounds, warm, work)
+                real = out["diffobj"]
+                r_bare, r_feat = ratio(real), ratio(real, "bare + clip + EMA")
+                r_adaptive = ratio(out["diffobj + adaptive"])
+                bare_s = statistics.median(x["bare"]["bare"] for x in real)
+                ckpt_s = statistics.median(x["ckpt_extra"] for x in real)
+                amortised = ckpt_s / preset_ckpt_every / bare_s
+                total, machinery = r_bare["median"] - 1 + amortised, r_feat["median"] - 1 + amortised
                 results["presets"][f"{preset}/{dtype}"] = {
                     "batch_size": cfg.run.batch_size, "steps_per_round": steps, "warmup_steps": warm,
-                    "rounds": rounds, "timings": timings.as_dict(), "ratio_vs_bare": r_bare,
+                    "rounds": rounds, "rounds_detail": out, "ratio_vs_bare": r_bare,
                     "ratio_vs_bare_clip_ema": r_feat, "ratio_adaptive_vs_bare": r_adaptive,
-                    "checkpoint_wall_s": ckpt_s, "log_record_s": statistics.median(extras["log"]),
+                    "checkpoint_wall_s": ckpt_s, "log_record_s": statistics.median(x["log_extra"] for x in real),
                     "log_every": cfg.run.log_every, "preset_checkpoint_every": preset_ckpt_every,
                     "checkpoint_amortised": amortised, "overhead": total, "overhead_machinery": machinery,
                     "overhead_adaptive": r_adaptive["median"] - 1 + amortised}
-                rows.append([preset, dtype, cfg.run.batch_size, timings.median("bare") * 1e3,
-                             timings.median("diffobj") * 1e3, C.fmt_ratio(r_bare), C.fmt_ratio(r_feat),
-                             C.fmt_ratio(r_adaptive), ckpt_s * 1e3, preset_ckpt_every, f"{100 * total:+.1f} %",
-                             f"{100 * machinery:+.1f} %"])
-            if preset == "toy2d":  # the case above 3 %: where does the time go?
-                cfg = real_config(preset, warm + steps, ckpt_every, False, adaptive=False, quick=args.quick)
-                ablation_rounds = rounds if args.quick else 2 * rounds
-                print(f"{preset} fp32 ablations: {ablation_rounds} rounds")
-                variants = {"bare": make_bare(cfg, warm, steps),
-                            "diffobj": functools.partial(per_step, cfg, warm, work, None)}
-                variants |= {f"diffobj {k}": functools.partial(ablated, cfg, warm, work, v)
-                             for k, v in ABLATIONS.items()}
-                ab = C.interleaved(variants, ablation_rounds, warmup=0)
-                full = ab.times["diffobj"]
-                saved = {k: [(f - v) / b for f, v, b in zip(full, ab.times[k], ab.times["bare"], strict=True)]
+                rows.append([preset, dtype, cfg.run.batch_size, bare_s * 1e3,
+                             statistics.median(x["real"] for x in real) * 1e3, C.fmt_ratio(r_bare),
+                             C.fmt_ratio(r_feat), C.fmt_ratio(r_adaptive), ckpt_s * 1e3, preset_ckpt_every,
+                             f"{100 * total:+.1f} %", f"{100 * machinery:+.1f} %"])
+            if preset == "toy2d":  # where does the time go?
+                ab_steps = 4 if args.quick else ABLATION_STEPS
+                cfg = real_config(preset, warm + ab_steps, ckpt_every, False, adaptive=False, quick=args.quick)
+                print(f"{preset} fp32 ablations: {rounds} rounds of {ab_steps} steps")
+                bares = {"bare": BareStep(cfg)}
+                variants = {"diffobj": (cfg, [], bares)} | {f"diffobj {k}": (cfg, v, bares)
+                                                             for k, v in ABLATIONS.items()}
+                ab = rounds_of(variants, rounds, warm, work)
+                ratios = {k: ratio(v) for k, v in ab.items()}
+                saved = {k: [f - v for f, v in zip(ratios["diffobj"]["rounds"], ratios[k]["rounds"], strict=True)]
                          for k in variants}
                 results["presets"]["toy2d/fp32"]["ablation"] = {
-                    "timings": ab.as_dict(), "ratios_vs_bare": {k: ab.ratio(k, "bare") for k in variants},
-                    "saved_fraction_of_bare": saved}
+                    "rounds_detail": ab, "ratios_vs_bare": ratios, "saved_fraction_of_bare": saved}
                 for k in variants:
                     sv = saved[k]
-                    ablation_rows.append([k, ab.median(k) * 1e3, C.fmt_ratio(ab.ratio(k, "bare")),
+                    ablation_rows.append([k, statistics.median(x["real"] for x in ab[k]) * 1e3,
+                                          C.fmt_ratio(ratios[k]),
                                           f"{100 * statistics.median(sv):+.1f} % [{100 * C.quantile(sv, 0.25):+.1f}, "
                                           f"{100 * C.quantile(sv, 0.75):+.1f}]"])
     seeding = results["seeding_s"]
@@ -257,25 +282,27 @@ def main() -> None:
              "ratio vs bare + clip + EMA [IQR]", "ratio + adaptive vs bare [IQR]", "checkpoint ms (wall)",
              "ckpt every", "overhead vs bare", "overhead vs bare + clip + EMA"],
             rows,
-            notes=("Ratios: median over interleaved rounds of the per-round ratio, with the interquartile range. "
-                   "ms/step: medians of process CPU time with 1 thread (insensitive to the other jobs on the "
-                   "shared cores; see benchmarks/README.md). 'diffobj' is `training.train` on the preset as it "
-                   "is (cosine schedule), '+ adaptive' with `loss.adaptive.enabled=true`. Overhead = ratio − 1 + "
-                   "one checkpoint save (wall time, it waits on fsync) amortised over the preset's "
-                   "`checkpoint_every`; logging steps (every `log_every`) are amortised the same way.")),
+            notes=("Ratios: the real step over the bare step timed in the same run (the bare loops step inside "
+                   "the real loop's `on_step` hook, one step each after every real step), median over rounds "
+                   "with the interquartile range. ms/step: medians of process CPU time with 1 thread "
+                   "(insensitive to the other jobs on the shared cores; see benchmarks/README.md). 'diffobj' is "
+                   "`training.train` on the preset as it is (cosine schedule), '+ adaptive' with "
+                   "`loss.adaptive.enabled=true`. Overhead = ratio − 1 + one checkpoint save (wall time, it waits "
+                   "on fsync) amortised over the preset's `checkpoint_every`; logging steps (every `log_every`) "
+                   "are amortised the same way.")),
     ]
     if ablation_rows:
         tables.append(C.Table(
             "Where toy2d's overhead goes (fp32): the real loop with one piece removed at a time",
             ["variant", "ms/step", "ratio vs bare [IQR]", "saved vs full loop, % of a bare step [IQR]"],
             ablation_rows,
-            notes=("Pieces removed by patching while `training.train` runs; 'saved' is the per-round difference "
-                   "(full − variant)/bare, median and quartiles over rounds (the savings are not exactly additive: "
-                   "round-to-round noise is a few %). Dropout seeding, isolated: "
+            notes=("Pieces removed by patching while `training.train` runs (each run with its own bare loop "
+                   "stepping inside it); 'saved' is the per-round difference of the ratios vs bare (full − "
+                   "variant), median and quartiles over rounds. Dropout seeding, isolated: "
                    f"fork_rng + torch.manual_seed {seeding['torch.manual_seed'] * 1e3:.3f} ms per call vs "
                    f"fork_rng + torch.default_generator.manual_seed "
                    f"{seeding['torch.default_generator.manual_seed'] * 1e3:.3f} ms (torch.manual_seed also "
-                   "seeds the CUDA/XPU/MPS backends lazily).")))
+                   "seeds the CUDA/XPU/MPS backends lazily; the loop uses the second).")))
     C.finish(args, "trainer_overhead", started, tables, results)
 
 

@@ -15,8 +15,21 @@ from _faults import nonfinite_loss
 from diffusion_objectives import data as data_module
 from diffusion_objectives.training import build_dataset, build_objective, config
 from diffusion_objectives.training.distributed import Dist
+from diffusion_objectives.training.logs import Interval
 from diffusion_objectives.training.precision import resolve_precision
-from diffusion_objectives.training.step import NonFiniteError, StepContext, TrainState, draw_batch, train_step
+from diffusion_objectives.training.step import (
+    Backward,
+    NonFiniteError,
+    StepContext,
+    StepResult,
+    StepStatistics,
+    TrainState,
+    clip_gradients,
+    draw_batch,
+    rank_statistics,
+    rank_statistics_all_finite,
+    train_step,
+)
 
 B = 64
 OVERRIDES = ["data.n=256", f"run.batch_size={B}", "optim.weight_decay=0.1", "optim.grad_clip=0.05",
@@ -105,9 +118,12 @@ def test_two_steps_match_adamw_clipping_ema_and_statistics_by_hand(seed):
         bins = ((lam - lo) / (hi - lo) * K).floor().long().clamp(0, K - 1)
         assert float(s.bad_loss) == 0 and float(s.bad_grad) == 0 and float(s.count) == B
         assert float(s.loss_sum) == pytest.approx(float(losses.sum()), rel=1e-5)
-        assert s.bin_count.tolist() == [float((bins == k).sum()) for k in range(K)]
+        interval = Interval(K, ctx.logsnr_range, ctx.d)  # the per-bin sums: binned when a record is written
+        interval.add(result, 0.0)
+        bin_sum, bin_count = interval.per_bin()
+        assert bin_count.tolist() == [float((bins == k).sum()) for k in range(K)]
         expected_bins = torch.stack([losses[bins == k].sum() for k in range(K)])
-        torch.testing.assert_close(s.bin_sum, expected_bins, rtol=1e-5, atol=1e-9)
+        torch.testing.assert_close(bin_sum, expected_bins, rtol=1e-5, atol=1e-9)
 
 
 def test_the_batch_is_the_datas_rows_of_the_step_and_a_function_of_seed_and_step():
@@ -156,3 +172,68 @@ def test_batch_indices_follow_the_documented_stream(n, batch, world, seed, step)
         positions = range(step * B + rank * batch, step * B + (rank + 1) * batch)
         expected = [int(data_module.epoch_permutation(n, seed, p // n)[p % n]) for p in positions]
         assert data_module.batch_indices(n, B, seed, step, rank, world).tolist() == expected
+
+
+@given(shapes=st.lists(st.lists(st.integers(1, 5), min_size=0, max_size=3), min_size=1, max_size=6),
+       scale=st.floats(1e-4, 1e3), max_norm=st.sampled_from([1e-3, 0.5, 1.0, 10.0, math.inf]),
+       seed=st.integers(0, 2**31 - 1), poison=st.sampled_from([None, math.inf, math.nan]))
+def test_clip_gradients_gives_clip_grad_norms_numbers_bit_for_bit(shapes, scale, max_norm, seed, poison):
+    """The loop's clipping (one ``_foreach_norm``; no multiplication by a coefficient of exactly 1 on the CPU) leaves
+    the same gradients and returns the same norm as ``torch.nn.utils.clip_grad_norm_``, non-finite norms included."""
+    gen = torch.Generator().manual_seed(seed)
+    params = [torch.nn.Parameter(torch.zeros(s)) for s in shapes]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen) * scale
+    if poison is not None:
+        params[0].grad.view(-1)[0] = poison
+    reference = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    for q, p in zip(reference, params, strict=True):
+        q.grad = p.grad.clone()
+    expected = torch.nn.utils.clip_grad_norm_(reference, max_norm)
+    got = clip_gradients(params, max_norm)
+    assert torch.equal(got, expected) or (got.isnan() and expected.isnan())
+    for p, q in zip(params, reference, strict=True):
+        assert torch.equal(p.grad.nan_to_num(), q.grad.nan_to_num())
+        assert torch.equal(p.grad.isnan(), q.grad.isnan())
+
+
+@given(b=st.integers(1, 300), seed=st.integers(0, 2**31 - 1), stop=st.booleans(), bad_grad=st.booleans(),
+       scale=st.floats(1e-3, 1e30))
+def test_the_all_finite_statistics_equal_the_general_ones_bit_for_bit(b, seed, stop, bad_grad, scale):
+    """The shortcut taken in one CPU process when every loss is finite gives the general path's numbers exactly
+    (the sum of the same float64 values in the same order)."""
+    gen = torch.Generator().manual_seed(seed)
+    loss = torch.rand(b, generator=gen) * scale
+    grad_norm = torch.tensor(math.inf if bad_grad else 3.0)
+    bw = Backward(loss, torch.zeros(b), [loss], grad_norm)
+    lv = loss.double()
+    general, fast = rank_statistics(bw, lv, stop), rank_statistics_all_finite(bw, lv, lv.sum(), stop)
+    for field in ("bad_loss", "bad_grad", "stop", "loss_sum", "count"):
+        a, e = getattr(fast, field), getattr(general, field)
+        assert a.dtype == e.dtype == torch.float64 and torch.equal(a, e), field
+    assert float(general.count) == b and float(general.bad_loss) == 0 and float(general.bad_grad) == bad_grad
+
+
+@given(steps=st.lists(st.integers(1, 40), min_size=1, max_size=5), bins=st.integers(1, 30),
+       seed=st.integers(0, 2**31 - 1), lo=st.floats(-20, 0), width=st.floats(0.5, 40), poison=st.booleans())
+def test_the_interval_bins_the_finite_losses_of_all_its_steps(steps, bins, seed, lo, width, poison):
+    """The record's per-λ-bin sums and counts: every finite loss of every step of the interval in the bin
+    ⌊(λ − lo)/(hi − lo)·K⌋ (λ outside [lo, hi]: the end bins), computed here example by example."""
+    gen = torch.Generator().manual_seed(seed)
+    interval = Interval(bins, (lo, lo + width), Dist())
+    expected_sum, expected_count = [0.0] * bins, [0.0] * bins
+    for b in steps:
+        loss = torch.rand(b, generator=gen) * 5
+        logsnr = (torch.rand(b, generator=gen) * 1.4 - 0.2) * width + lo
+        if poison:
+            loss[0] = math.nan
+        stats = StepStatistics(*[torch.zeros((), dtype=torch.float64)] * 5)
+        interval.add(StepResult(stats, None, True, False, loss, logsnr), 0.0)
+        for value, lam in zip(loss.tolist(), logsnr.tolist(), strict=True):
+            k = min(max(math.floor((lam - lo) / width * bins), 0), bins - 1)
+            if math.isfinite(value):
+                expected_sum[k] += value
+                expected_count[k] += 1
+    bin_sum, bin_count = interval.per_bin()
+    assert bin_count.tolist() == expected_count
+    torch.testing.assert_close(bin_sum, torch.tensor(expected_sum, dtype=torch.float64), rtol=1e-12, atol=1e-12)

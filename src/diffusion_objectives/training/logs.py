@@ -24,6 +24,8 @@ import torch
 from tqdm import tqdm
 
 from ..errors import OptionError
+from . import distributed
+from .distributed import Dist
 from .step import StepResult
 from .uncertainty import UncertaintyWeightedLoss
 
@@ -114,22 +116,24 @@ class ProgressLines:
 
 class Interval:
     """Sums over the steps since the last ``stats.jsonl`` record (every rank keeps them: the summary of each
-    rank reports the last record). The loss sums per λ-bin stay float64 tensors ``[bins]``."""
+    rank reports the last record). The logged losses and their λ are kept as the steps left them and binned
+    when the record is written (:meth:`per_bin`): one λ-binning, and with several processes one all-reduce, per
+    record instead of per step."""
 
-    def __init__(self, bins: int):
-        self.bins = bins
+    def __init__(self, bins: int, logsnr_range: tuple[float, float], d: Dist):
+        self.bins, self.logsnr_range, self.d = bins, logsnr_range, d
         self.reset()
 
     def reset(self) -> None:
         self.steps = self.skipped = 0
         self.loss_sum = self.count = 0.0
-        self.bin_sum = torch.zeros(self.bins, dtype=torch.float64)
-        self.bin_count = torch.zeros(self.bins, dtype=torch.float64)
+        self.losses: list[torch.Tensor] = []
+        self.logsnrs: list[torch.Tensor] = []
         self.grad_norm_sum = 0.0
         self.time = 0.0
 
     def add(self, result: StepResult, seconds: float) -> None:
-        """Add one step's statistics (summed over the ranks) and its duration."""
+        """Add one step's statistics (summed over the ranks), this rank's losses and λ, and the step's duration."""
         stats = result.stats
         self.steps += 1
         if result.skipped:
@@ -138,22 +142,35 @@ class Interval:
             self.grad_norm_sum += result.grad_norm
         self.loss_sum += float(stats.loss_sum)
         self.count += float(stats.count)
-        self.bin_sum += stats.bin_sum
-        self.bin_count += stats.bin_count
+        self.losses.append(result.loss)
+        self.logsnrs.append(result.logsnr)
         self.time += seconds
 
-    def record(self, *, step: int, images_seen: int, batch_size: int, logsnr_range: tuple[float, float], lr: float,
-               ema_beta: float, elapsed_s: float, extra: dict[str, Any]) -> dict[str, Any]:
+    def per_bin(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sums and counts [bins] (float64, on the CPU) of the interval's finite losses, summed over the ranks, in
+        ``bins`` equal-width bins of ``logsnr_range`` (λ outside it: the end bins)."""
+        lo, hi = self.logsnr_range
+        loss, logsnr = torch.cat(self.losses), torch.cat(self.logsnrs)
+        finite = torch.isfinite(loss)
+        idx = ((logsnr.double() - lo) / (hi - lo) * self.bins).floor_().long().clamp_(0, self.bins - 1)
+        sums = torch.zeros(2, self.bins, dtype=torch.float64, device=loss.device)
+        sums[0].index_add_(0, idx, torch.where(finite, loss.double(), 0.0))
+        sums[1].index_add_(0, idx, finite.double())
+        sums = distributed.all_reduce_sum(sums, self.d).cpu()
+        return sums[0], sums[1]
+
+    def record(self, *, step: int, images_seen: int, batch_size: int, lr: float, ema_beta: float, elapsed_s: float,
+               extra: dict[str, Any]) -> dict[str, Any]:
         """The ``stats.jsonl`` record of the interval (see the module docstring), ending at ``step``."""
-        per_bin = torch.where(self.bin_count > 0, self.bin_sum / self.bin_count.clamp_min(1),
-                              torch.full_like(self.bin_sum, float("nan")))
+        bin_sum, bin_count = self.per_bin()
+        per_bin = torch.where(bin_count > 0, bin_sum / bin_count.clamp_min(1), torch.full_like(bin_sum, float("nan")))
         loss = self.loss_sum / self.count if self.count else float("nan")
         return {
             "step": step,
             "images_seen": images_seen,
             "loss": _json_float(loss),
-            "loss_per_logsnr_bin": [_json_float(float(v)) for v in per_bin],
-            "logsnr_range": list(logsnr_range),
+            "loss_per_logsnr_bin": [_json_float(v) for v in per_bin.tolist()],
+            "logsnr_range": list(self.logsnr_range),
             "lr": lr,
             "grad_norm": _json_float(self.grad_norm_sum / max(self.steps - self.skipped, 1)),
             "skipped_steps": self.skipped,

@@ -233,7 +233,7 @@ class _Run:
     run_id: str = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
-        self.interval = Interval(self.cfg.loss.log_bins)
+        self.interval = Interval(self.cfg.loss.log_bins, self.ctx.logsnr_range, self.ctx.d)
         self.run_id = derive_seed("run", str(self.rd.path.resolve()), self.cfg.seed).to_bytes(8, "little").hex()
 
     @property
@@ -440,7 +440,7 @@ def _record(run: _Run, ts: TrainState, out: Reports) -> None:
         return
     lo, hi = run.ctx.logsnr_range
     extra = weighting_record(ts.loss_fn, lo, hi, cfg.loss.log_bins) if ts.head is not None else {}
-    rec = interval.record(step=ts.step, images_seen=ts.images_seen, batch_size=B, logsnr_range=(lo, hi),
+    rec = interval.record(step=ts.step, images_seen=ts.images_seen, batch_size=B,
                           lr=learning_rate(cfg, ts.images_seen - B), ema_beta=ema_beta(cfg, ts.images_seen),
                           elapsed_s=time.perf_counter() - run.t_start, extra=extra)
     ts.last_record = rec

@@ -14,10 +14,11 @@ only the :class:`TrainState`, so one step can be run, and checked, in-process (t
    over the global batch (DDP averages the per-rank means); with ``loss.uncertainty.enabled`` EDM2's
    ℓ_w e^{−u(λ)} + D u(λ) (:class:`~diffusion_objectives.training.uncertainty.UncertaintyWeightedLoss`), the head u
    trained in its own AdamW group, its gradients averaged over the ranks like the network's;
-4. one all-reduce of :class:`StepStatistics` (non-finite counts, stop request, loss sums per λ-bin,
+4. one all-reduce of :class:`StepStatistics` (non-finite counts, stop request, loss sum and count,
    adaptive-schedule sums and counts, packed into one vector and copied to the host once; in one process on
    the CPU nothing is packed or copied), so every rank takes the same decision (update, skip, stop) and the
-   adaptive schedule (docs/theory.md, "The adaptive schedule") holds the same state everywhere;
+   adaptive schedule (docs/theory.md, "The adaptive schedule") holds the same state everywhere. The logged
+   losses per λ-bin are binned when a record is written (:class:`~.logs.Interval`), not every step;
 5. AdamW with linear warm-up over ``warmup_images`` (and optional 1/√ decay), gradient clipping, and an
    EMA of the weights with β = 0.5^(B / half-life) (half-life in images); with ``ema.posthoc_sigma_rels``
    EDM2's power-function EMAs too (:class:`~diffusion_objectives.training.phema.PowerEMA`).
@@ -46,7 +47,8 @@ from .uncertainty import LogVarianceHead
 
 __all__ = ["TrainingError", "NonFiniteError", "learning_rate", "ema_beta", "step_generator", "TrainState",
            "StepContext", "StepStatistics", "StepResult", "Batch", "Backward", "train_step", "draw_batch",
-           "forward_backward", "reduce_statistics", "update", "skip_update"]
+           "forward_backward", "clip_gradients", "reduce_statistics",
+           "rank_statistics", "rank_statistics_all_finite", "update", "skip_update"]
 
 
 class TrainingError(RuntimeError):
@@ -202,8 +204,8 @@ class StepStatistics:
     """The per-step statistics every rank needs, summed over the ranks in a single all-reduce.
 
     All float64. Scalars []: non-finite losses, non-finite gradient norm (0/1), stop requested (0/1), sum and
-    count of the finite losses; per λ-bin [K]: loss sums and counts; with the adaptive schedule, its sums and
-    counts per bin [bins]. :meth:`pack` lays them out in this order in one vector, :meth:`unpack` reads it back.
+    count of the finite losses; with the adaptive schedule, its sums and counts per bin [bins]. :meth:`pack` lays
+    them out in this order in one vector, :meth:`unpack` reads it back.
     """
 
     bad_loss: Tensor
@@ -211,24 +213,20 @@ class StepStatistics:
     stop: Tensor
     loss_sum: Tensor
     count: Tensor
-    bin_sum: Tensor
-    bin_count: Tensor
     adaptive_sum: Tensor | None = None
     adaptive_count: Tensor | None = None
 
     def pack(self) -> Tensor:
-        parts = [torch.stack([self.bad_loss, self.bad_grad, self.stop, self.loss_sum, self.count]),
-                 self.bin_sum, self.bin_count]
+        parts = [torch.stack([self.bad_loss, self.bad_grad, self.stop, self.loss_sum, self.count])]
         if self.adaptive_sum is not None:
             parts += [self.adaptive_sum, self.adaptive_count]
         return torch.cat(parts)
 
     @classmethod
-    def unpack(cls, vec: Tensor, bins: int, adaptive_bins: int | None) -> StepStatistics:
-        a0 = 5 + 2 * bins
-        adaptive = (None, None) if adaptive_bins is None else (
-            vec[a0:a0 + adaptive_bins], vec[a0 + adaptive_bins:a0 + 2 * adaptive_bins])
-        return cls(vec[0], vec[1], vec[2], vec[3], vec[4], vec[5:5 + bins], vec[5 + bins:a0], *adaptive)
+    def unpack(cls, vec: Tensor, adaptive_bins: int | None) -> StepStatistics:
+        adaptive = (None, None) if adaptive_bins is None else (vec[5:5 + adaptive_bins],
+                                                              vec[5 + adaptive_bins:5 + 2 * adaptive_bins])
+        return cls(vec[0], vec[1], vec[2], vec[3], vec[4], *adaptive)
 
     def all_reduce(self, d: Dist) -> StepStatistics:
         """The sums over the ranks, on the CPU: one all-reduce and one copy to the host of the packed vector. In
@@ -236,18 +234,21 @@ class StepStatistics:
         if not d.enabled and self.loss_sum.device.type == "cpu":
             return self
         vec = distributed.all_reduce_sum(self.pack(), d).cpu()
-        return self.unpack(vec, len(self.bin_sum), None if self.adaptive_sum is None else len(self.adaptive_sum))
+        return self.unpack(vec, None if self.adaptive_sum is None else len(self.adaptive_sum))
 
 
 @dataclasses.dataclass
 class StepResult:
     """What one step reports: the statistics summed over the ranks, this step's gradient norm (None when the
-    update was skipped), whether the update was skipped and whether some rank asked to stop."""
+    update was skipped), whether the update was skipped and whether some rank asked to stop; this rank's logged
+    losses [b] (float32, non-finite ones included) and their λ [b], binned when a record is written."""
 
     stats: StepStatistics
     grad_norm: float | None
     skipped: bool
     stop: bool
+    loss: Tensor
+    logsnr: Tensor
 
 
 # ---- the step ---------------------------------------------------------------------------------------------
@@ -270,7 +271,7 @@ def train_step(ctx: StepContext, ts: TrainState, stop_requested: bool = False) -
         update(ctx, ts, stats)
     ts.step += 1
     ts.images_seen += ctx.cfg.run.batch_size
-    return StepResult(stats, grad_norm, skipped, float(stats.stop) > 0)
+    return StepResult(stats, grad_norm, skipped, float(stats.stop) > 0, bw.loss, bw.logsnr)
 
 
 def draw_batch(ctx: StepContext, step: int) -> Batch:
@@ -322,34 +323,67 @@ def forward_backward(ctx: StepContext, ts: TrainState, batch: Batch) -> Backward
         wmse.append(out.weighted_eps_mse.detach())
     if ts.head_params and d.enabled:  # DDP averages the network's gradients; the head's likewise
         _average_gradients(ts.head_params, d)
-    grad_norm = torch.nn.utils.clip_grad_norm_(ts.net_params + ts.head_params, ctx.grad_clip)
+    grad_norm = clip_gradients(ts.net_params + ts.head_params, ctx.grad_clip)
     if A == 1:
         return Backward(losses[0], lams[0], wmse, grad_norm)
     return Backward(torch.cat(losses), torch.cat(lams), wmse, grad_norm)
 
 
+def clip_gradients(params: list[torch.nn.Parameter], max_norm: float) -> Tensor:
+    """Scale the gradients by min(1, max_norm / (‖g‖ + 1e-6)), ‖g‖ the 2-norm of all of them together; returns
+    ‖g‖ before clipping. The same numbers as ``torch.nn.utils.clip_grad_norm_`` (per-tensor norms, the norm of
+    those, the same coefficient), in one ``_foreach_norm`` call; on the CPU, where reading the coefficient costs
+    no device sync, the multiplication by a coefficient of exactly 1 is left out (it changes nothing)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.tensor(0.0)
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    if total.device.type != "cpu" or float(coef) != 1.0:
+        torch._foreach_mul_(grads, coef)
+    return total
+
+
 def reduce_statistics(ctx: StepContext, ts: TrainState, batch: Batch, bw: Backward,
                       stop_requested: bool) -> StepStatistics:
-    """One all-reduce: agreement on the decision, logged losses per λ-bin, adaptive-schedule statistics."""
-    device, K = ctx.device, ctx.cfg.loss.log_bins
-    lo, hi = ctx.logsnr_range
-    finite = torch.isfinite(bw.loss)
-    bin_idx = ((bw.logsnr.double() - lo) / (hi - lo) * K).floor_().long().clamp_(0, K - 1)
-    lv = torch.where(finite, bw.loss, 0.0).double()
-    fin = finite.double()
-    count = fin.sum()
-    stats = StepStatistics(
-        bad_loss=fin.numel() - count, bad_grad=(~torch.isfinite(bw.grad_norm)).double(),
-        stop=torch.tensor(float(stop_requested), device=device, dtype=torch.float64),
-        loss_sum=lv.sum(), count=count,
-        bin_sum=torch.zeros(K, dtype=torch.float64, device=device).index_add_(0, bin_idx, lv),
-        bin_count=torch.zeros(K, dtype=torch.float64, device=device).index_add_(0, bin_idx, fin))
+    """One all-reduce: agreement on the decision (update, skip, stop), the loss sum, adaptive-schedule
+    statistics."""
+    device = ctx.device
+    losses = bw.loss.double()
+    loss_sum = losses.sum()
+    if not ctx.d.enabled and device.type == "cpu" and math.isfinite(float(loss_sum)):
+        stats = rank_statistics_all_finite(bw, losses, loss_sum, stop_requested)
+    else:
+        stats = rank_statistics(bw, losses, stop_requested)
     if ts.adaptive is not None:  # w(λ)‖ε̂ − ε‖² per bin (non-finite values: never used, see skip_update)
         wm = torch.cat(bw.weighted_eps_mse)
         a_sum, a_cnt = ts.adaptive.statistics(batch.logsnr, torch.where(torch.isfinite(wm), wm,
                                                                         torch.zeros_like(wm)))
         stats.adaptive_sum, stats.adaptive_count = a_sum.to(device), a_cnt.to(device)
     return stats.all_reduce(ctx.d)
+
+
+def rank_statistics(bw: Backward, losses: Tensor, stop_requested: bool) -> StepStatistics:
+    """This rank's :class:`StepStatistics` (without the adaptive schedule's); ``losses`` is ``bw.loss`` in
+    float64. Non-finite losses are counted and left out of the sum."""
+    finite = torch.isfinite(bw.loss)
+    fin = finite.double()
+    count = fin.sum()
+    return StepStatistics(
+        bad_loss=fin.numel() - count, bad_grad=(~torch.isfinite(bw.grad_norm)).double(),
+        stop=torch.tensor(float(stop_requested), device=losses.device, dtype=torch.float64),
+        loss_sum=torch.where(finite, losses, 0.0).sum(), count=count)
+
+
+def rank_statistics_all_finite(bw: Backward, losses: Tensor, loss_sum: Tensor, stop_requested: bool) -> StepStatistics:
+    """:func:`rank_statistics` when every loss is finite, on the CPU: the same numbers from fewer operations,
+    reading scalars on the host (free there). ``loss_sum`` = ``losses.sum()``, finite: a float64 sum of float32
+    values overflows only through a non-finite term, so this tells that every loss is finite."""
+    return StepStatistics(
+        bad_loss=torch.tensor(0.0, dtype=torch.float64),
+        bad_grad=torch.tensor(float(not math.isfinite(float(bw.grad_norm))), dtype=torch.float64),
+        stop=torch.tensor(float(stop_requested), dtype=torch.float64), loss_sum=loss_sum,
+        count=torch.tensor(float(losses.numel()), dtype=torch.float64))
 
 
 def skip_update(ctx: StepContext, ts: TrainState, bw: Backward, n_bad_loss: int, lr: float) -> None:
