@@ -2,16 +2,17 @@
 
 The real loop is ``training.train`` on the ``toy2d`` and ``digits`` presets as they are (loss, per-step
 generators, the adaptive schedule, the step statistics (packed into one all-reduce vector with several
-processes), gradient clipping, EMA, logging every ``log_every`` steps), timed by ``on_step`` timestamps after
-a warm-up, so start-up is excluded. The bare loop uses the same network, AdamW (with the same warm-up), batch
-size and loss computation (``WeightedLoss.loss_at`` on a random batch of the same dataset), and nothing else; a second
-bare loop adds the loop's gradient clipping and EMA, so the table separates what those two features
-cost from what the loop's machinery costs.
+processes), gradient clipping, EMA, logging every ``log_every`` steps). The bare loop uses the same network,
+AdamW (with the same warm-up), batch size and loss computation (``WeightedLoss.loss_at`` on a random batch of the
+same dataset), and nothing else; a second bare loop adds gradient clipping (``torch.nn.utils.clip_grad_norm_``)
+and the EMA, so the table separates what those two features cost from what the loop's machinery costs.
 
-Checkpoints are timed in the same run (the real loop writes one every few steps here) and amortised at
-the preset's own cadence (``run.checkpoint_every``); so is the logging step (every ``run.log_every``).
-Sample grids are off (evaluation, not training). fp32 and bf16 (CPU autocast) get separate interleaved
-rounds. For toy2d, the case above 3 %, the real loop is also run with one piece removed at a time.
+The bare loops step *inside* the real one: its ``on_step`` hook runs one step of each after every real step, so
+each real step is timed beside bare steps taken at the same moment, on the same machine state (a slow spell
+slows both). Start-up and the first steps are excluded. Checkpoints are timed in the same runs (the real loop
+writes one every few steps here) and amortised at the preset's own cadence (``run.checkpoint_every``); so is
+the logging step (every ``run.log_every``). Sample grids are off (evaluation, not training). fp32 and bf16 (CPU
+autocast) are separate runs. For toy2d the real loop is also run with one piece removed at a time.
 """
 
 from __future__ import annotations
@@ -201,6 +202,23 @@ ABLATIONS = {"− gradient clipping": [_no_clip], "− EMA": [_no_ema],
 ABLATIONS["− all five"] = [f for fs in ABLATIONS.values() for f in fs]
 
 
+def ablate(cfg, dtype: str, rounds: int, warm: int, work: Path) -> tuple[dict, list[list]]:
+    """The real loop with each of :data:`ABLATIONS` removed, each run with a bare loop stepping inside it: the
+    result and the table rows."""
+    bares = {"bare": BareStep(cfg)}
+    variants = {"diffobj": (cfg, [], bares)} | {f"diffobj {k}": (cfg, v, bares) for k, v in ABLATIONS.items()}
+    ab = rounds_of(variants, rounds, warm, work)
+    ratios = {k: ratio(v) for k, v in ab.items()}
+    saved = {k: [f - v for f, v in zip(ratios["diffobj"]["rounds"], ratios[k]["rounds"], strict=True)]
+             for k in variants}
+    rows = []
+    for k, sv in saved.items():
+        q25, q75 = C.quantile(sv, 0.25), C.quantile(sv, 0.75)
+        rows.append([dtype, k, statistics.median(x["real"] for x in ab[k]) * 1e3, C.fmt_ratio(ratios[k]),
+                     f"{100 * statistics.median(sv):+.1f} % [{100 * q25:+.1f}, {100 * q75:+.1f}]"])
+    return {"rounds_detail": ab, "ratios_vs_bare": ratios, "saved_fraction_of_bare": saved}, rows
+
+
 def seeding_cost(calls: int = 200) -> dict[str, float]:
     """Seconds per call: the loop's dropout seeding vs seeding only the CPU generator fork_rng saves."""
     out = {}
@@ -257,23 +275,12 @@ def main() -> None:
                              f"{100 * total:+.1f} %", f"{100 * machinery:+.1f} %"])
             if preset == "toy2d":  # where does the time go?
                 ab_steps = 4 if args.quick else ABLATION_STEPS
-                cfg = real_config(preset, warm + ab_steps, ckpt_every, False, adaptive=False, quick=args.quick)
-                print(f"{preset} fp32 ablations: {rounds} rounds of {ab_steps} steps")
-                bares = {"bare": BareStep(cfg)}
-                variants = {"diffobj": (cfg, [], bares)} | {f"diffobj {k}": (cfg, v, bares)
-                                                             for k, v in ABLATIONS.items()}
-                ab = rounds_of(variants, rounds, warm, work)
-                ratios = {k: ratio(v) for k, v in ab.items()}
-                saved = {k: [f - v for f, v in zip(ratios["diffobj"]["rounds"], ratios[k]["rounds"], strict=True)]
-                         for k in variants}
-                results["presets"]["toy2d/fp32"]["ablation"] = {
-                    "rounds_detail": ab, "ratios_vs_bare": ratios, "saved_fraction_of_bare": saved}
-                for k in variants:
-                    sv = saved[k]
-                    ablation_rows.append([k, statistics.median(x["real"] for x in ab[k]) * 1e3,
-                                          C.fmt_ratio(ratios[k]),
-                                          f"{100 * statistics.median(sv):+.1f} % [{100 * C.quantile(sv, 0.25):+.1f}, "
-                                          f"{100 * C.quantile(sv, 0.75):+.1f}]"])
+                for bf16 in (False,) if args.quick else (False, True):
+                    dtype = "bf16" if bf16 else "fp32"
+                    cfg = real_config(preset, warm + ab_steps, ckpt_every, bf16, adaptive=False, quick=args.quick)
+                    print(f"{preset} {dtype} ablations: {rounds} rounds of {ab_steps} steps")
+                    results["presets"][f"toy2d/{dtype}"]["ablation"], more = ablate(cfg, dtype, rounds, warm, work)
+                    ablation_rows += more
     seeding = results["seeding_s"]
     tables = [
         C.Table(
@@ -293,8 +300,8 @@ def main() -> None:
     ]
     if ablation_rows:
         tables.append(C.Table(
-            "Where toy2d's overhead goes (fp32): the real loop with one piece removed at a time",
-            ["variant", "ms/step", "ratio vs bare [IQR]", "saved vs full loop, % of a bare step [IQR]"],
+            "Where toy2d's overhead goes: the real loop with one piece removed at a time",
+            ["dtype", "variant", "ms/step", "ratio vs bare [IQR]", "saved vs full loop, % of a bare step [IQR]"],
             ablation_rows,
             notes=("Pieces removed by patching while `training.train` runs (each run with its own bare loop "
                    "stepping inside it); 'saved' is the per-round difference of the ratios vs bare (full − "
