@@ -174,11 +174,8 @@ def _no_ema():
     return mock.patch("torch._foreach_lerp_", lambda *a, **k: None)  # the bare loop here has no EMA
 
 
-@contextlib.contextmanager
 def _no_dropout_seeding():
-    with mock.patch("torch.random.fork_rng", lambda *a, **k: contextlib.nullcontext()), \
-            mock.patch.object(step_module, "_seed_dropout", lambda *a, **k: None):
-        yield
+    return mock.patch.object(step_module, "DropoutRNG", lambda *a, **k: contextlib.nullcontext())
 
 
 @contextlib.contextmanager
@@ -196,7 +193,7 @@ def _no_statistics():
 
 
 ABLATIONS = {"− gradient clipping": [_no_clip], "− EMA": [_no_ema],
-             "− dropout RNG fork + seeding": [_no_dropout_seeding],
+             "− dropout RNG seeding": [_no_dropout_seeding],
              "− per-step generators + data.batch_indices": [_no_step_streams],
              "− step statistics": [_no_statistics]}
 ABLATIONS["− all five"] = [f for fs in ABLATIONS.values() for f in fs]

@@ -19,6 +19,7 @@ from diffusion_objectives.training.logs import Interval
 from diffusion_objectives.training.precision import resolve_precision
 from diffusion_objectives.training.step import (
     Backward,
+    DropoutRNG,
     NonFiniteError,
     StepContext,
     StepResult,
@@ -237,3 +238,16 @@ def test_the_interval_bins_the_finite_losses_of_all_its_steps(steps, bins, seed,
     bin_sum, bin_count = interval.per_bin()
     assert bin_count.tolist() == expected_count
     torch.testing.assert_close(bin_sum, torch.tensor(expected_sum, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+
+
+@given(seed=st.integers(0, 2**62), outer=st.integers(0, 2**31))
+def test_dropout_rng_seeds_the_global_generator_inside_and_restores_it_after(seed, outer):
+    """Inside: the global CPU generator draws as a generator seeded with ``seed``; after: it continues as if
+    nothing had been drawn (as ``torch.random.fork_rng`` + ``manual_seed``)."""
+    torch.manual_seed(outer)
+    expected_after = torch.rand(4, generator=torch.Generator().manual_seed(outer))
+    with DropoutRNG(seed, torch.device("cpu")):
+        inside = torch.rand(4)
+        torch.nn.functional.dropout(torch.ones(16), 0.5, training=True)
+    assert torch.equal(inside, torch.rand(4, generator=torch.Generator().manual_seed(seed)))
+    assert torch.equal(torch.rand(4), expected_after)

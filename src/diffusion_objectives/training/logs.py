@@ -163,13 +163,14 @@ class Interval:
                extra: dict[str, Any]) -> dict[str, Any]:
         """The ``stats.jsonl`` record of the interval (see the module docstring), ending at ``step``."""
         bin_sum, bin_count = self.per_bin()
-        per_bin = torch.where(bin_count > 0, bin_sum / bin_count.clamp_min(1), torch.full_like(bin_sum, float("nan")))
+        per_bin = [_json_float(s / c) if c > 0 else None for s, c in zip(bin_sum.tolist(), bin_count.tolist(),
+                                                                          strict=True)]
         loss = self.loss_sum / self.count if self.count else float("nan")
         return {
             "step": step,
             "images_seen": images_seen,
             "loss": _json_float(loss),
-            "loss_per_logsnr_bin": [_json_float(v) for v in per_bin.tolist()],
+            "loss_per_logsnr_bin": per_bin,
             "logsnr_range": list(self.logsnr_range),
             "lr": lr,
             "grad_norm": _json_float(self.grad_norm_sum / max(self.steps - self.skipped, 1)),

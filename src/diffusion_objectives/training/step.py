@@ -8,8 +8,8 @@ only the :class:`TrainState`, so one step can be run, and checked, in-process (t
    only); this process takes the rank-th contiguous B/W of it, in ``grad_accum`` micro-batches;
 2. randomness: λ ~ p(λ) for the global batch, ε, flips and label drops, each drawn from a
    ``torch.Generator`` seeded by (seed, step, stream) and sliced like the data; dropout draws from the
-   global RNG reseeded by (seed, step, rank, micro-batch) inside ``fork_rng``. So the numbers depend on
-   (seed, step) only: resuming needs no RNG state, and W processes see the same ε and λ as one;
+   global RNG reseeded by (seed, step, rank, micro-batch) and restored after (:class:`DropoutRNG`). So the
+   numbers depend on (seed, step) only: resuming needs no RNG state, and W processes see the same ε and λ as one;
 3. the loss ½ (w(λ)/p(λ)) ‖ε̂ − ε‖² (KG23 Eq. 8, :class:`~diffusion_objectives.WeightedLoss`), averaged
    over the global batch (DDP averages the per-rank means); with ``loss.uncertainty.enabled`` EDM2's
    ℓ_w e^{−u(λ)} + D u(λ) (:class:`~diffusion_objectives.training.uncertainty.UncertaintyWeightedLoss`), the head u
@@ -45,7 +45,7 @@ from .precision import Precision
 from .precision import autocast as precision_autocast
 from .uncertainty import LogVarianceHead
 
-__all__ = ["TrainingError", "NonFiniteError", "learning_rate", "ema_beta", "step_generator", "TrainState",
+__all__ = ["TrainingError", "NonFiniteError", "learning_rate", "ema_beta", "step_generator", "DropoutRNG", "TrainState",
            "StepContext", "StepStatistics", "StepResult", "Batch", "Backward", "train_step", "draw_batch",
            "forward_backward", "clip_gradients", "reduce_statistics",
            "rank_statistics", "rank_statistics_all_finite", "update", "skip_update"]
@@ -87,13 +87,28 @@ def ema_beta(cfg: TrainConfig, images_seen: int) -> float:
     return 0.5 ** (cfg.run.batch_size / h) if h > 0 else 0.0
 
 
-def _seed_dropout(seed: int, device: torch.device) -> None:
-    """Seed the generators dropout draws from. Not ``torch.manual_seed``: on a CPU-only machine it also queues
-    lazy CUDA/XPU seeding and records a stack trace every call (benchmarks/trainer_overhead.py: 1.6 % of a
-    toy step)."""
-    torch.default_generator.manual_seed(seed)
-    if device.type == "cuda":
-        torch.cuda.manual_seed(seed)
+class DropoutRNG:
+    """``with DropoutRNG(seed, device):`` the global generators dropout draws from, seeded by ``seed`` inside and
+    restored on leaving (what ``torch.random.fork_rng`` and seeding do, without fork_rng's per-call set-up).
+    Not ``torch.manual_seed``: on a CPU-only machine it also queues lazy CUDA/XPU seeding and records a stack
+    trace every call (benchmarks/trainer_overhead.py: 1.6 % of a toy step)."""
+
+    __slots__ = ("seed", "cuda", "state", "cuda_state")
+
+    def __init__(self, seed: int, device: torch.device):
+        self.seed, self.cuda = seed, device if device.type == "cuda" else None
+
+    def __enter__(self) -> None:
+        self.state = torch.default_generator.get_state()
+        torch.default_generator.manual_seed(self.seed)
+        if self.cuda is not None:
+            self.cuda_state = torch.cuda.get_rng_state(self.cuda)
+            torch.cuda.manual_seed(self.seed)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.default_generator.set_state(self.state)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state(self.cuda_state, self.cuda)
 
 
 def step_generator(seed: int, step: int, stream: str, device: torch.device | str = "cpu") -> torch.Generator:
@@ -154,13 +169,11 @@ class StepContext:
     precision: Precision
     null_label: int | None = None
     autocast: Any = dataclasses.field(init=False)
-    fork_devices: list[torch.device] = dataclasses.field(init=False)
     logsnr_range: tuple[float, float] = dataclasses.field(init=False)
     grad_clip: float = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
         self.autocast = precision_autocast(self.precision, self.device)
-        self.fork_devices = [self.device] if self.device.type == "cuda" else []
         self.logsnr_range = (self.objective.schedule.logsnr_min, self.objective.schedule.logsnr_max)
         self.grad_clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip is not None else float("inf")
 
@@ -187,6 +200,11 @@ class Batch:
     eps: Tensor
     logsnr: Tensor
     labels: Tensor | None
+
+    def micro(self, m: int, size: int) -> Batch:
+        """Micro-batch ``m`` of ``size`` examples."""
+        sl = slice(m * size, (m + 1) * size)
+        return Batch(self.x[sl], self.eps[sl], self.logsnr[sl], None if self.labels is None else self.labels[sl])
 
 
 @dataclasses.dataclass
@@ -305,17 +323,15 @@ def draw_batch(ctx: StepContext, step: int) -> Batch:
 
 def forward_backward(ctx: StepContext, ts: TrainState, batch: Batch) -> Backward:
     """Forward/backward over the micro-batches (DDP syncs on the last), then clip the gradients."""
-    cfg, d, step, micro = ctx.cfg, ctx.d, ts.step, ctx.micro
+    cfg, d, step = ctx.cfg, ctx.d, ts.step
     A = cfg.run.grad_accum
     losses, lams, wmse = [], [], []
     for m in range(A):
-        sl = slice(m * micro, (m + 1) * micro) if A > 1 else slice(None)
-        sync = contextlib.nullcontext() if (m == A - 1 or not d.enabled) else ts.model.no_sync()
-        with sync, torch.random.fork_rng(devices=ctx.fork_devices):
-            _seed_dropout(derive_seed("dropout", cfg.seed, step, d.rank, m), ctx.device)
+        mb = batch if A == 1 else batch.micro(m, ctx.micro)
+        sync = ts.model.no_sync() if d.enabled and m < A - 1 else contextlib.nullcontext()
+        with sync, DropoutRNG(derive_seed("dropout", cfg.seed, step, d.rank, m), ctx.device):
             with ctx.autocast:
-                out = ts.loss_fn.loss_at(ts.model, batch.x[sl], batch.eps[sl], batch.logsnr[sl],
-                                         None if batch.labels is None else batch.labels[sl])
+                out = ts.loss_fn.loss_at(ts.model, mb.x, mb.eps, mb.logsnr, mb.labels)
             (out.loss.sum() / ctx.local).backward()
         # logged: the base loss ℓ_w (with the uncertainty head a non-finite ℓ_u shows in the gradient)
         losses.append((out.loss if ts.head is None else out.weighted).detach().float())
