@@ -217,15 +217,27 @@ def ablate(cfg, dtype: str, rounds: int, warm: int, work: Path) -> tuple[dict, l
 
 
 def seeding_cost(calls: int = 200) -> dict[str, float]:
-    """Seconds per call: the loop's dropout seeding vs seeding only the CPU generator fork_rng saves."""
+    """Seconds per call: seeding and restoring the generators dropout draws from, three ways."""
+    gen = torch.default_generator
+
+    def fork(seed_fn):
+        def call(i: int) -> None:
+            with torch.random.fork_rng(devices=[]):
+                seed_fn(i)
+        return call
+
+    def dropout_rng(i: int) -> None:
+        with step_module.DropoutRNG(i, torch.device("cpu")):
+            pass
+
     out = {}
-    for name, seed in (("torch.manual_seed", torch.manual_seed),
-                       ("torch.default_generator.manual_seed", torch.default_generator.manual_seed)):
-        seed(0)
+    for name, call in (("fork_rng + torch.manual_seed", fork(torch.manual_seed)),
+                       ("fork_rng + default_generator.manual_seed", fork(gen.manual_seed)),
+                       ("DropoutRNG", dropout_rng)):
+        call(0)
         t0 = C.clock()
         for i in range(calls):
-            with torch.random.fork_rng(devices=[]):
-                seed(i)
+            call(i)
         out[name] = (C.clock() - t0) / calls
     return out
 
@@ -302,11 +314,9 @@ def main() -> None:
             ablation_rows,
             notes=("Pieces removed by patching while `training.train` runs (each run with its own bare loop "
                    "stepping inside it); 'saved' is the per-round difference of the ratios vs bare (full − "
-                   "variant), median and quartiles over rounds. Dropout seeding, isolated: "
-                   f"fork_rng + torch.manual_seed {seeding['torch.manual_seed'] * 1e3:.3f} ms per call vs "
-                   f"fork_rng + torch.default_generator.manual_seed "
-                   f"{seeding['torch.default_generator.manual_seed'] * 1e3:.3f} ms (torch.manual_seed also "
-                   "seeds the CUDA/XPU/MPS backends lazily; the loop uses the second).")))
+                   "variant), median and quartiles over rounds. Seeding and restoring the dropout generators, "
+                   "isolated, ms per call: " + ", ".join(f"{k} {v * 1e3:.4f}" for k, v in seeding.items()) +
+                   " (torch.manual_seed also seeds the CUDA/XPU/MPS backends lazily; the loop uses DropoutRNG).")))
     C.finish(args, "trainer_overhead", started, tables, results)
 
 
