@@ -9,10 +9,12 @@ were generated for; the classifier's own test accuracy (recorded alongside) is i
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from .results import Result
 
 __all__ = ["ClassCoverage", "class_coverage"]
 
@@ -20,7 +22,7 @@ MISSING_FRACTION = 0.1
 
 
 @dataclass(frozen=True)
-class ClassCoverage:
+class ClassCoverage(Result):
     counts: tuple[int, ...]
     n_samples: int
     entropy: float
@@ -30,9 +32,6 @@ class ClassCoverage:
     classifier: str
     classifier_checksum: str
     classifier_test_accuracy: float
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def class_coverage(images, classifier, labels=None, class_distribution=None) -> ClassCoverage:

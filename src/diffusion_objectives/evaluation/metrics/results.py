@@ -1,5 +1,6 @@
-"""Recorded FD results: the value together with everything needed to compare it (results carry
-their provenance). An Inception FID from fewer than 50,000 samples is allowed, but its label says so."""
+"""Recorded results: :class:`Result`, the base of the metrics' result records (their fields as a JSON-ready
+dict), and FD results, the value together with everything needed to compare it (results carry their
+provenance). An Inception FID from fewer than 50,000 samples is allowed, but its label says so."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from .frechet import feature_statistics, frechet_distance
 from .reference import Reference, load_reference, save_reference
 
 __all__ = [
-    "FDResult", "fd_result", "fd_of_features", "evaluate_fd", "dataset_reference", "check_reference", "format_seeds",
+    "Result", "FDResult", "fd_result", "fd_of_features", "evaluate_fd", "dataset_reference", "check_reference",
+    "format_seeds",
     "PUBLISHED_FID_SAMPLES",
 ]
 
@@ -35,12 +37,20 @@ def format_seeds(seeds: Iterable[int]) -> str:
     return ",".join(out)
 
 
+class Result:
+    """A metric's result record (a frozen dataclass deriving from this): :meth:`as_dict` gives its fields, for
+    ``metrics.json``."""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
 def _count(n: int) -> str:
     return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
 
 
 @dataclass(frozen=True)
-class FDResult:
+class FDResult(Result):
     value: float
     n_samples: int
     extractor: str
@@ -49,9 +59,6 @@ class FDResult:
     reference_checksum: str
     seeds: str
     label: str
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def fd_result(value: float, *, n_samples: int, extractor, reference: Reference,

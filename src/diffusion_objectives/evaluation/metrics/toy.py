@@ -20,7 +20,7 @@ r"""Metrics for toy data with a known density p (a :class:`~diffusion_objectives
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from scipy.spatial import cKDTree
 from scipy.special import digamma, gammaln
 
 from .frechet import as_float64
+from .results import Result
 
 __all__ = ["cross_entropy", "knn_entropy", "reverse_kl", "sliced_wasserstein", "mmd_rbf", "ToyMetrics",
            "toy_metrics"]
@@ -127,7 +128,7 @@ def mmd_rbf(x, y, h_max: float = 1.0, n_bandwidths: int = 6) -> float:
 
 
 @dataclass(frozen=True)
-class ToyMetrics:
+class ToyMetrics(Result):
     """All toy metrics of one sample set (nats where they are information quantities): ``reverse_kl``
     KL(q‖p), ``model_entropy`` its kNN estimate of H(q), ``cross_entropy`` −E_q log p; on the fresh reference
     data from p: ``entropy`` H(p) (Monte Carlo) and ``reference_kl`` the KL estimate, 0 but for its bias."""
@@ -142,9 +143,6 @@ class ToyMetrics:
     n_samples: int
     n_reference: int
     seed: int
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def toy_metrics(samples, mixture, *, n_reference: int | None = None, seed: int = 0) -> ToyMetrics:
