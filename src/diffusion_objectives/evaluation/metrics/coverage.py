@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .results import Result
+from .results import MetricResult
 
 __all__ = ["ClassCoverage", "class_coverage"]
 
@@ -22,7 +22,7 @@ MISSING_FRACTION = 0.1
 
 
 @dataclass(frozen=True)
-class ClassCoverage(Result):
+class ClassCoverage(MetricResult):
     counts: tuple[int, ...]
     n_samples: int
     entropy: float

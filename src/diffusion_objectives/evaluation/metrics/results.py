@@ -1,4 +1,4 @@
-"""Recorded results: :class:`Result`, the base of the metrics' result records (their fields as a JSON-ready
+"""Recorded results: :class:`MetricResult`, the base of the metrics' result records (their fields as a JSON-ready
 dict), and FD results, the value together with everything needed to compare it (results carry their
 provenance). An Inception FID from fewer than 50,000 samples is allowed, but its label says so."""
 
@@ -13,7 +13,7 @@ from .frechet import feature_statistics, frechet_distance
 from .reference import Reference, load_reference, save_reference
 
 __all__ = [
-    "Result", "FDResult", "fd_result", "fd_of_features", "evaluate_fd", "dataset_reference", "check_reference",
+    "MetricResult", "FDResult", "fd_result", "fd_of_features", "evaluate_fd", "dataset_reference", "check_reference",
     "format_seeds",
     "PUBLISHED_FID_SAMPLES",
 ]
@@ -37,7 +37,7 @@ def format_seeds(seeds: Iterable[int]) -> str:
     return ",".join(out)
 
 
-class Result:
+class MetricResult:
     """A metric's result record (a frozen dataclass deriving from this): :meth:`as_dict` gives its fields, for
     ``metrics.json``."""
 
@@ -50,7 +50,7 @@ def _count(n: int) -> str:
 
 
 @dataclass(frozen=True)
-class FDResult(Result):
+class FDResult(MetricResult):
     value: float
     n_samples: int
     extractor: str

@@ -28,7 +28,7 @@ from scipy.spatial import cKDTree
 from scipy.special import digamma, gammaln
 
 from .frechet import as_float64
-from .results import Result
+from .results import MetricResult
 
 __all__ = ["cross_entropy", "knn_entropy", "reverse_kl", "sliced_wasserstein", "mmd_rbf", "ToyMetrics",
            "toy_metrics"]
@@ -128,7 +128,7 @@ def mmd_rbf(x, y, h_max: float = 1.0, n_bandwidths: int = 6) -> float:
 
 
 @dataclass(frozen=True)
-class ToyMetrics(Result):
+class ToyMetrics(MetricResult):
     """All toy metrics of one sample set (nats where they are information quantities): ``reverse_kl``
     KL(q‖p), ``model_entropy`` its kNN estimate of H(q), ``cross_entropy`` −E_q log p; on the fresh reference
     data from p: ``entropy`` H(p) (Monte Carlo) and ``reference_kl`` the KL estimate, 0 but for its bias."""
