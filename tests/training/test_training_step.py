@@ -216,12 +216,15 @@ def test_the_all_finite_statistics_equal_the_general_ones_bit_for_bit(b, seed, s
 
 
 @given(steps=st.lists(st.integers(1, 40), min_size=1, max_size=5), bins=st.integers(1, 30),
-       seed=st.integers(0, 2**31 - 1), lo=st.floats(-20, 0), width=st.floats(0.5, 40), poison=st.booleans())
-def test_the_interval_bins_the_finite_losses_of_all_its_steps(steps, bins, seed, lo, width, poison):
+       seed=st.integers(0, 2**31 - 1), lo=st.floats(-20, 0), width=st.floats(0.5, 40), poison=st.booleans(),
+       fold=st.sampled_from([1, 7, 50, 1 << 22]))
+def test_the_interval_bins_the_finite_losses_of_all_its_steps(steps, bins, seed, lo, width, poison, fold):
     """The record's per-λ-bin sums and counts: every finite loss of every step of the interval in the bin
-    ⌊(λ − lo)/(hi − lo)·K⌋ (λ outside [lo, hi]: the end bins), computed here example by example."""
+    ⌊(λ − lo)/(hi − lo)·K⌋ (λ outside [lo, hi]: the end bins), computed here example by example; the same when
+    the waiting losses are folded into running sums once ``fold`` of them wait (so fewer than ``fold`` wait after
+    any step)."""
     gen = torch.Generator().manual_seed(seed)
-    interval = Interval(bins, (lo, lo + width), Dist())
+    interval = Interval(bins, (lo, lo + width), Dist(), fold_examples=fold)
     expected_sum, expected_count = [0.0] * bins, [0.0] * bins
     for b in steps:
         loss = torch.rand(b, generator=gen) * 5
@@ -230,6 +233,7 @@ def test_the_interval_bins_the_finite_losses_of_all_its_steps(steps, bins, seed,
             loss[0] = math.nan
         stats = StepStatistics(*[torch.zeros((), dtype=torch.float64)] * 5)
         interval.add(StepResult(stats, None, True, False, loss, logsnr), 0.0)
+        assert interval.waiting < fold
         for value, lam in zip(loss.tolist(), logsnr.tolist(), strict=True):
             k = min(max(math.floor((lam - lo) / width * bins), 0), bins - 1)
             if math.isfinite(value):

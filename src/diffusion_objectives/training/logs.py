@@ -118,10 +118,11 @@ class Interval:
     """Sums over the steps since the last ``stats.jsonl`` record (every rank keeps them: the summary of each
     rank reports the last record). The logged losses and their λ are kept as the steps left them and binned
     when the record is written (:meth:`per_bin`): one λ-binning, and with several processes one all-reduce, per
-    record instead of per step."""
+    record instead of per step. Once ``fold_examples`` losses are waiting they are binned at once into running
+    sums, so a long interval (a large ``run.log_every``) keeps memory bounded."""
 
-    def __init__(self, bins: int, logsnr_range: tuple[float, float], d: Dist):
-        self.bins, self.logsnr_range, self.d = bins, logsnr_range, d
+    def __init__(self, bins: int, logsnr_range: tuple[float, float], d: Dist, fold_examples: int = 1 << 22):
+        self.bins, self.logsnr_range, self.d, self.fold_examples = bins, logsnr_range, d, fold_examples
         self.reset()
 
     def reset(self) -> None:
@@ -129,6 +130,8 @@ class Interval:
         self.loss_sum = self.count = 0.0
         self.losses: list[torch.Tensor] = []
         self.logsnrs: list[torch.Tensor] = []
+        self.waiting = 0  # examples in self.losses
+        self.sums: torch.Tensor | None = None  # [2, bins] this rank's folded per-bin sums and counts
         self.grad_norm_sum = 0.0
         self.time = 0.0
 
@@ -144,11 +147,15 @@ class Interval:
         self.count += float(stats.count)
         self.losses.append(result.loss)
         self.logsnrs.append(result.logsnr)
+        self.waiting += result.loss.numel()
+        if self.waiting >= self.fold_examples:
+            self._fold()
         self.time += seconds
 
-    def per_bin(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sums and counts [bins] (float64, on the CPU) of the interval's finite losses, summed over the ranks, in
-        ``bins`` equal-width bins of ``logsnr_range`` (λ outside it: the end bins)."""
+    def _fold(self) -> None:
+        """Bin the waiting losses (this rank's) into :attr:`sums`: finite losses summed per λ-bin, and counted."""
+        if not self.losses:
+            return
         lo, hi = self.logsnr_range
         loss, logsnr = torch.cat(self.losses), torch.cat(self.logsnrs)
         finite = torch.isfinite(loss)
@@ -156,6 +163,15 @@ class Interval:
         sums = torch.zeros(2, self.bins, dtype=torch.float64, device=loss.device)
         sums[0].index_add_(0, idx, torch.where(finite, loss.double(), 0.0))
         sums[1].index_add_(0, idx, finite.double())
+        self.sums = sums if self.sums is None else self.sums + sums
+        self.losses, self.logsnrs, self.waiting = [], [], 0
+
+    def per_bin(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sums and counts [bins] (float64, on the CPU) of the interval's finite losses, summed over the ranks, in
+        ``bins`` equal-width bins of ``logsnr_range`` (λ outside it: the end bins)."""
+        self._fold()
+        sums = torch.zeros(2, self.bins, dtype=torch.float64, device=self.d.device) if self.sums is None \
+            else self.sums.clone()
         sums = distributed.all_reduce_sum(sums, self.d).cpu()
         return sums[0], sums[1]
 
