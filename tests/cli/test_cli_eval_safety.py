@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from _files import bad_outputs, mount_tmpfs, one_line_error, readonly_directory, snapshot
+from _procs import reaped
 from conftest import TINY_TRAIN, TINY_TRAIN_COMMON
 from diffusion_objectives import locking
 from diffusion_objectives.cli import _common, main
@@ -275,11 +276,10 @@ def test_ctrl_c_while_sampling_exits_130_in_one_line_and_writes_nothing(runs, tm
     run = runs / "digits"
     out = run / "samples-interrupted"
     before = {k: v for k, v in snapshot(run).items() if not k.endswith(".lock")}
-    child = subprocess.Popen([sys.executable, "-m", "diffusion_objectives", "sample", str(run), "--n", "200000",
-                              "--batch-size", "16", "--no-png", "--out", str(out), "--no-progress"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
-    try:
+    cmd = [sys.executable, "-m", "diffusion_objectives", "sample", str(run), "--n", "200000", "--batch-size", "16",
+           "--no-png", "--out", str(out), "--no-progress"]
+    with reaped(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})) as child:
         deadline = time.monotonic() + 120
         while (locking.holder(run) or {}).get("pid") != child.pid:  # it holds the run: imports and loading done
             assert child.poll() is None and time.monotonic() < deadline, child.communicate()
@@ -287,9 +287,6 @@ def test_ctrl_c_while_sampling_exits_130_in_one_line_and_writes_nothing(runs, tm
         time.sleep(1.0)
         child.send_signal(signal.SIGINT)
         _, err = child.communicate(timeout=120)
-    finally:
-        if child.poll() is None:
-            child.kill()
     assert child.returncode == 130, err
     assert err == "diffobj sample: interrupted\n"
     assert not out.exists() and {k: v for k, v in snapshot(run).items() if not k.endswith(".lock")} == before

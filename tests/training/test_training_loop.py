@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 from _faults import nonfinite_loss
+from _procs import reaped
 from diffusion_objectives.errors import OptionError
 from diffusion_objectives.training import build_network, config, load_for_inference, train
 from diffusion_objectives.training import checkpoint as ck
@@ -129,9 +130,8 @@ def test_sigkill_at_random_step_then_rerun_matches_uninterrupted(tmp_path, overr
     args = (overrides, "--checkpoint-every", "3")
     _run_here(tmp_path / "straight", n, overrides, 3)
     kill_at = random.Random().randint(4, 30)
-    proc = subprocess.Popen(_cmd(tmp_path / "killed", n, *args), env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
+    with reaped(subprocess.Popen(_cmd(tmp_path / "killed", n, *args), env=_env(), stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)) as proc:
         deadline = time.time() + TIMEOUT
         stats = tmp_path / "killed" / "stats.jsonl"
         while time.time() < deadline and proc.poll() is None:
@@ -140,9 +140,6 @@ def test_sigkill_at_random_step_then_rerun_matches_uninterrupted(tmp_path, overr
             time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     _run(tmp_path / "killed", n, *args)
     _assert_identical(_final(tmp_path / "straight", n), _final(tmp_path / "killed", n))
     assert _losses(tmp_path / "straight") == _losses(tmp_path / "killed"), f"killed near step {kill_at}"
@@ -157,9 +154,8 @@ def test_sigkill_at_random_step_then_rerun_matches_uninterrupted(tmp_path, overr
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     run = tmp_path / "run"
-    proc = subprocess.Popen(_cmd(run, 10**6, TOY, "--checkpoint-every", "0"), env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with reaped(subprocess.Popen(_cmd(run, 10**6, TOY, "--checkpoint-every", "0"), env=_env(),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)) as proc:
         deadline = time.time() + TIMEOUT
         while time.time() < deadline and proc.poll() is None:
             if (run / "stats.jsonl").exists() and len((run / "stats.jsonl").read_text().splitlines()) >= 3:
@@ -167,9 +163,6 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
             time.sleep(0.02)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert proc.returncode == 0, err[-2000:]
     assert "interrupted" in out and "SIGTERM" in (run / "log.txt").read_text()
     latest = ck.read_latest(run / "checkpoints")

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from _procs import reaped
 from diffusion_objectives import locking
 from diffusion_objectives.cli import main
 from diffusion_objectives.training import checkpoint as ck
@@ -101,16 +102,12 @@ def test_a_trainer_killed_with_sigkill_does_not_block_the_next_one(tmp_path, cap
     run = tmp_path / "R"
     cmd = [sys.executable, "-m", "diffusion_objectives", "train", "--out", str(run), *QUIET,
            "--steps", "100000", "--checkpoint-every", "5"]
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+    with reaped(subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)) as proc:
         _wait_for(lambda: (run / "checkpoints" / "latest").exists(), proc, "a checkpoint")
         code, _, err = _train(capsys, run, "--steps", "100000", "--checkpoint-every", "5")
         assert code == 2 and f"pid {proc.pid}" in err, err  # a live trainer holds it
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     done = ck.find_resumable(run / "checkpoints")
     code, out, err = _train(capsys, run, "--steps", str(ck.load(done).step + 5), "--checkpoint-every", "5")
     assert code == 0, err  # the dead holder's lock was released by the kernel
